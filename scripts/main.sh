@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The main job: fit a bundled model, print the posterior summary and diagnostics, write results/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup-venv.sh
+exec .venv/bin/vigrad fit eight_schools --out results/eight_schools "$@"

@@ -1,0 +1,1 @@
+"""vigrad: unbiased per-site gradient estimators for variational inference on NumPyro models."""

@@ -1,0 +1,49 @@
+"""The per-site estimator interface.
+
+An estimator says two things about one guide sample site, and nothing about objectives:
+
+* how the site's value is drawn, which fixes the path along which gradients flow through the
+  value (``sample``);
+* which ``log q`` term the site contributes to the log weight ``log w = log p - log q``, which fixes
+  the gradient that flows through the guide density (``log_q``).
+
+Estimators whose gradient needs a score-function term (REINFORCE) set ``is_score``; the objective
+transformation (:mod:`vigrad.objectives.surrogate`) then adds ``log q(z) * stop(signal)`` for the site.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import jax
+
+from vigrad.errors import EstimatorError
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimator:
+    """Base class of per-site gradient estimators (immutable and hashable)."""
+
+    is_score: ClassVar[bool] = False
+
+    def check(self, site_name: str, fn: Any) -> None:
+        """Raise :class:`~vigrad.errors.EstimatorError` if this estimator cannot serve the site."""
+
+    def sample(self, fn: Any, rng_key: jax.Array, sample_shape: tuple[int, ...]) -> jax.Array:
+        """Draw the site's value; its gradient path is the estimator's choice."""
+        raise NotImplementedError
+
+    def log_q(self, fn: Any, value: jax.Array) -> jax.Array:
+        """The ``log q`` term of the site, differentiable along the estimator's chosen path."""
+        return fn.log_prob(value)
+
+
+def require_rsample(estimator: Estimator, site_name: str, fn: Any) -> None:
+    """Shared check for pathwise estimators: the distribution must be reparameterisable."""
+    if not getattr(fn, "has_rsample", False):
+        raise EstimatorError(
+            f"{type(estimator).__name__}() cannot serve site '{site_name}': "
+            f"{type(fn).__name__} has no reparameterised sampler (has_rsample=False). "
+            "Use vigrad.Score() for this site instead."
+        )
