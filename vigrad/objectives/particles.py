@@ -1,0 +1,236 @@
+"""Drawing particles: the guide traced under its per-site estimators, the model scored on it.
+
+One particle is one joint draw ``z ~ q`` with its log weight ``log w = log p(x, z) - log q(z)``, where
+every guide site's value and ``log q`` term carry the gradient path that its estimator chose. For
+score-function sites the particle also carries ``log q`` of the site (the score term) and its
+Rao-Blackwellised cost: the model and guide log densities downstream of the site (found by NumPyro's
+provenance tracking, as in ``TraceGraph_ELBO``), summed to the site's plates. Particles are drawn with
+``jax.vmap`` over keys; everything here is traced once per compilation and checked then, so bad
+input fails before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.distributions import Delta
+from numpyro.handlers import replay, seed, substitute, trace
+from numpyro.infer.elbo import MultiFrameTensor
+from numpyro.ops.provenance import eval_provenance
+from numpyro.primitives import Messenger
+
+from vigrad.errors import DataError, ModelGuideMismatchError
+from vigrad.estimators.assignment import Assignment
+from vigrad.estimators.base import Estimator
+
+
+class Particles(NamedTuple):
+    """Per-particle quantities, each with a leading particle axis ``K``.
+
+    Attributes:
+        log_w: ``[K]`` log weights ``log p(x, z_k) - log q(z_k)``, differentiable along each site's
+            estimator path.
+        log_p: ``[K]`` the model part of ``log_w``.
+        log_q: ``[K]`` the guide part of ``log_w``.
+        score_log_q: site -> ``[K, *plates]`` ``log q`` of each score-function site (no subsampling
+            scale), differentiable in the guide parameters only.
+        costs: site -> ``[K, *plates]`` the stopped Rao-Blackwellised downstream cost of each
+            score-function site.
+    """
+
+    log_w: jax.Array
+    log_p: jax.Array
+    log_q: jax.Array
+    score_log_q: dict[str, jax.Array]
+    costs: dict[str, jax.Array]
+
+
+@dataclasses.dataclass
+class Structure:
+    """Static facts about one particle's traces, recorded while tracing."""
+
+    estimators: dict[str, Estimator] = dataclasses.field(default_factory=dict)
+    score_sites: tuple[str, ...] = ()
+    guide_trace: dict[str, Any] | None = None
+    model_trace: dict[str, Any] | None = None
+
+
+class _SampleWithEstimators(Messenger):
+    """Draws every latent guide site with the sampler of its estimator."""
+
+    def __init__(self, fn: Callable, assignment: Assignment, chosen: dict[str, Estimator]):
+        self.assignment = assignment
+        self.chosen = chosen
+        super().__init__(fn)
+
+    def process_message(self, msg: dict) -> None:
+        if msg["type"] != "sample" or msg["is_observed"] or msg["value"] is not None:
+            return
+        if isinstance(msg["fn"], Delta):
+            return
+        estimator = self.assignment.resolve(msg)
+        self.chosen[msg["name"]] = estimator
+        kwargs = msg["kwargs"]
+        msg["value"] = estimator.sample(msg["fn"], kwargs["rng_key"], kwargs["sample_shape"])
+
+
+def _scaled(site: dict, log_prob: jax.Array) -> jax.Array:
+    scale = site["scale"]
+    return log_prob if scale is None else scale * log_prob
+
+
+def _reduce_to_plates(x: jax.Array, frames: list) -> jax.Array:
+    """Sum over every axis that is not a plate of the site (keeping dims for broadcasting)."""
+    x = jnp.asarray(x)
+    keep = {f.dim for f in frames}
+    axes = tuple(i for i in range(x.ndim) if (i - x.ndim) not in keep)
+    return jnp.sum(x, axis=axes, keepdims=True)
+
+
+def _is_concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_traces(model_tr: dict, guide_tr: dict, assignment: Assignment) -> None:
+    sampled = {n for n, s in guide_tr.items() if s["type"] == "sample" and not s["is_observed"]}
+    deltas = {n for n in sampled if isinstance(guide_tr[n]["fn"], Delta)}
+    assignment.check_names(sampled - deltas, deltas)
+    for name, site in model_tr.items():
+        if site["type"] != "sample":
+            continue
+        if site["is_observed"]:
+            value = site["value"]
+            if _is_concrete(value) and jnp.issubdtype(jnp.result_type(value), jnp.inexact):
+                if not np.all(np.isfinite(np.asarray(value))):
+                    raise DataError(
+                        f"Observed site '{name}' contains NaN or infinite values. Remove or impute "
+                        "them, or mask them with numpyro.handlers.mask(mask=jnp.isfinite(data))."
+                    )
+            continue
+        if name not in guide_tr:
+            raise ModelGuideMismatchError(
+                f"The model's latent site '{name}' has no matching sample site in the guide. "
+                f"Add numpyro.sample('{name}', ...) to the guide (guide sites: {sorted(sampled)})."
+            )
+        expected = tuple(site["fn"].shape(site["kwargs"]["sample_shape"]))
+        got = tuple(jnp.shape(guide_tr[name]["value"]))
+        if expected != got:
+            raise ModelGuideMismatchError(
+                f"Site '{name}' has shape {got} in the guide but the model expects {expected} "
+                "(batch shape from its plates plus event shape). Make the guide's distribution "
+                "for this site match: check .to_event(), plates and parameter shapes."
+            )
+
+
+def _downstream(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict, params: dict, latents: dict
+) -> tuple[dict[str, frozenset], dict[str, frozenset]]:
+    """Which score-function sites each model and guide log density depends on (provenance)."""
+
+    def log_densities(**values: jax.Array) -> tuple[dict, dict]:
+        def substitute_latent(msg: dict) -> jax.Array | None:
+            if msg["name"] in values:
+                # Keep the provenance of the site's parents: their change moves this site's law.
+                return 0 * msg["fn"](*msg["args"], **msg["kwargs"]) + values[msg["name"]]
+            return None
+
+        g = substitute(seed(substitute(guide, data=params), 0), substitute_fn=substitute_latent)
+        m = substitute(seed(substitute(model, data=params), 0), substitute_fn=substitute_latent)
+        guide_tr = trace(g).get_trace(*args, **kwargs)
+        model_tr = trace(replay(m, guide_tr)).get_trace(*args, **kwargs)
+        densities = []
+        for tr in (model_tr, guide_tr):
+            densities.append(
+                {n: s["fn"].log_prob(s["value"]) for n, s in tr.items() if s["type"] == "sample"}
+            )
+        return densities[0], densities[1]
+
+    return eval_provenance(log_densities, **latents)
+
+
+def trace_particle(
+    rng_key: jax.Array,
+    params: dict,
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    assignment: Assignment,
+    structure: Structure,
+) -> Particles:
+    """One particle (no particle axis); fills ``structure`` as a side effect of tracing."""
+    key_guide, key_model = jax.random.split(rng_key)
+    chosen: dict[str, Estimator] = {}
+    sampler = _SampleWithEstimators(
+        seed(substitute(guide, data=params), key_guide), assignment, chosen
+    )
+    guide_tr = trace(sampler).get_trace(*args, **kwargs)
+    model_fn = substitute(replay(seed(model, key_model), guide_tr), data=params)
+    model_tr = trace(model_fn).get_trace(*args, **kwargs)
+    _check_traces(model_tr, guide_tr, assignment)
+
+    log_p_sites = {
+        n: _scaled(s, s["fn"].log_prob(s["value"]))
+        for n, s in model_tr.items()
+        if s["type"] == "sample"
+    }
+    log_q_sites = {}
+    for n, s in guide_tr.items():
+        if s["type"] != "sample" or s["is_observed"]:
+            continue
+        est = chosen.get(n)
+        lq = s["fn"].log_prob(s["value"]) if est is None else est.log_q(s["fn"], s["value"])
+        log_q_sites[n] = _scaled(s, lq)
+
+    score_sites = tuple(n for n, est in chosen.items() if est.is_score)
+    score_log_q, costs = {}, {}
+    if score_sites:
+        latents = {n: guide_tr[n]["value"] for n in score_sites}
+        model_deps, guide_deps = _downstream(model, guide, args, kwargs, params, latents)
+        for name in score_sites:
+            cost = MultiFrameTensor()
+            for m, lp in log_p_sites.items():
+                if name in model_deps[m]:
+                    cost.add((model_tr[m]["cond_indep_stack"], lp))
+            for g, lq in log_q_sites.items():
+                if name in guide_deps[g]:
+                    cost.add((guide_tr[g]["cond_indep_stack"], -lq))
+            frames = guide_tr[name]["cond_indep_stack"]
+            site = guide_tr[name]
+            # The score term uses the unscaled log q: the subsampling scale is already in the cost.
+            lq = _reduce_to_plates(site["fn"].log_prob(site["value"]), frames)
+            c = _reduce_to_plates(cost.sum_to(frames), frames)
+            shape = jnp.broadcast_shapes(lq.shape, c.shape)
+            score_log_q[name] = jnp.broadcast_to(lq, shape)
+            costs[name] = jax.lax.stop_gradient(jnp.broadcast_to(c, shape))
+
+    log_p = sum((jnp.sum(v) for v in log_p_sites.values()), start=jnp.zeros(()))
+    log_q = sum((jnp.sum(v) for v in log_q_sites.values()), start=jnp.zeros(()))
+
+    structure.estimators = chosen
+    structure.score_sites = score_sites
+    structure.guide_trace = guide_tr
+    structure.model_trace = model_tr
+    return Particles(log_p - log_q, log_p, log_q, score_log_q, costs)
+
+
+def draw_particles(
+    rng_key: jax.Array,
+    num_particles: int,
+    params: dict,
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    assignment: Assignment,
+) -> tuple[Particles, Structure]:
+    """``num_particles`` independent particles, vectorised with ``jax.vmap`` over keys."""
+    structure = Structure()
+    keys = jax.random.split(rng_key, num_particles)
+    one = lambda key: trace_particle(key, params, model, guide, args, kwargs, assignment, structure)
+    return jax.vmap(one)(keys), structure
