@@ -14,11 +14,27 @@ transformation (:mod:`vigrad.objectives.surrogate`) then adds ``log q(z) * stop(
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 
 from vigrad.errors import EstimatorError
+
+
+class Draw(NamedTuple):
+    """What an estimator's :meth:`Estimator.draw` returns for one site.
+
+    Attributes:
+        value: the sample, with the estimator's gradient path.
+        log_q: the site's ``log q`` term if the estimator computes it while sampling (as the fast
+            flow path gradient does), else ``None`` to have :meth:`Estimator.log_q` called.
+        extras: anything the estimator wants recorded on the site (in
+            ``site["infer"]["vigrad_extras"]``), e.g. the noise of a Gaussian sample for R2-G2.
+    """
+
+    value: jax.Array
+    log_q: jax.Array | None = None
+    extras: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +49,10 @@ class Estimator:
     def sample(self, fn: Any, rng_key: jax.Array, sample_shape: tuple[int, ...]) -> jax.Array:
         """Draw the site's value; its gradient path is the estimator's choice."""
         raise NotImplementedError
+
+    def draw(self, fn: Any, rng_key: jax.Array, sample_shape: tuple[int, ...]) -> Draw:
+        """Sample the site; override to also return its ``log q`` term or extras."""
+        return Draw(self.sample(fn, rng_key, sample_shape))
 
     def log_q(self, fn: Any, value: jax.Array) -> jax.Array:
         """The ``log q`` term of the site, differentiable along the estimator's chosen path."""

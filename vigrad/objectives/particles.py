@@ -63,9 +63,10 @@ class Structure:
 class _SampleWithEstimators(Messenger):
     """Draws every latent guide site with the sampler of its estimator."""
 
-    def __init__(self, fn: Callable, assignment: Assignment, chosen: dict[str, Estimator]):
+    def __init__(self, fn: Callable, assignment: Assignment):
         self.assignment = assignment
-        self.chosen = chosen
+        self.chosen: dict[str, Estimator] = {}
+        self.log_q_terms: dict[str, jax.Array] = {}
         super().__init__(fn)
 
     def process_message(self, msg: dict) -> None:
@@ -76,7 +77,43 @@ class _SampleWithEstimators(Messenger):
         estimator = self.assignment.resolve(msg)
         self.chosen[msg["name"]] = estimator
         kwargs = msg["kwargs"]
-        msg["value"] = estimator.sample(msg["fn"], kwargs["rng_key"], kwargs["sample_shape"])
+        drawn = estimator.draw(msg["fn"], kwargs["rng_key"], kwargs["sample_shape"])
+        msg["value"] = drawn.value
+        if drawn.log_q is not None:
+            self.log_q_terms[msg["name"]] = drawn.log_q
+        msg["infer"] = {**(msg["infer"] or {}), "vigrad_estimator": estimator}
+        if drawn.extras is not None:
+            msg["infer"]["vigrad_extras"] = drawn.extras
+
+
+class _GuideTraceContext(Messenger):
+    """Makes the particle's guide trace visible to model-side helpers (see ``guide_site``)."""
+
+    stack: list[dict] = []
+
+    def __init__(self, fn: Callable, guide_trace: dict):
+        self.guide_trace = guide_trace
+        super().__init__(fn)
+
+    def __enter__(self):
+        _GuideTraceContext.stack.append(self.guide_trace)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        _GuideTraceContext.stack.pop()
+        return super().__exit__(*exc)
+
+
+def guide_site(name: str) -> dict | None:
+    """The guide's site ``name`` of the particle being scored, when called from inside the model.
+
+    Model-side helpers use it to reach what an estimator recorded while sampling the site (its
+    estimator in ``site["infer"]["vigrad_estimator"]`` and extras in
+    ``site["infer"]["vigrad_extras"]``). Returns ``None`` outside vigrad's particle tracing.
+    """
+    if not _GuideTraceContext.stack:
+        return None
+    return _GuideTraceContext.stack[-1].get(name)
 
 
 def _scaled(site: dict, log_prob: jax.Array) -> jax.Array:
@@ -165,13 +202,11 @@ def trace_particle(
 ) -> Particles:
     """One particle (no particle axis); fills ``structure`` as a side effect of tracing."""
     key_guide, key_model = jax.random.split(rng_key)
-    chosen: dict[str, Estimator] = {}
-    sampler = _SampleWithEstimators(
-        seed(substitute(guide, data=params), key_guide), assignment, chosen
-    )
+    sampler = _SampleWithEstimators(seed(substitute(guide, data=params), key_guide), assignment)
     guide_tr = trace(sampler).get_trace(*args, **kwargs)
+    chosen = sampler.chosen
     model_fn = substitute(replay(seed(model, key_model), guide_tr), data=params)
-    model_tr = trace(model_fn).get_trace(*args, **kwargs)
+    model_tr = trace(_GuideTraceContext(model_fn, guide_tr)).get_trace(*args, **kwargs)
     _check_traces(model_tr, guide_tr, assignment)
 
     log_p_sites = {
@@ -184,7 +219,12 @@ def trace_particle(
         if s["type"] != "sample" or s["is_observed"]:
             continue
         est = chosen.get(n)
-        lq = s["fn"].log_prob(s["value"]) if est is None else est.log_q(s["fn"], s["value"])
+        if n in sampler.log_q_terms:
+            lq = sampler.log_q_terms[n]
+        elif est is None:
+            lq = s["fn"].log_prob(s["value"])
+        else:
+            lq = est.log_q(s["fn"], s["value"])
         log_q_sites[n] = _scaled(s, lq)
 
     score_sites = tuple(n for n, est in chosen.items() if est.is_score)
