@@ -94,6 +94,8 @@ def init_params(
             constraint = site["kwargs"].get("constraint", constraints.real)
             cons[site["name"]] = constraint
             params[site["name"]] = biject_to(constraint).inv(site["value"])
+    # Strong dtypes, so the scan carry keeps one type across steps.
+    params = jax.tree.map(lambda x: jax.lax.convert_element_type(x, jnp.result_type(x)), params)
     return params, cons
 
 
@@ -152,7 +154,7 @@ def _compiled_chunk(
 
     def chunk(carry, start, base_key, dynamic):
         body = lambda c, t: step(c, t, base_key, dynamic)
-        return jax.lax.scan(body, carry, start + jnp.arange(num_steps))
+        return jax.lax.scan(body, carry, start + jnp.arange(num_steps, dtype=jnp.int32))
 
     return jax.jit(chunk)
 
