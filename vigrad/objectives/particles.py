@@ -86,14 +86,32 @@ class _SampleWithEstimators(Messenger):
             msg["infer"]["vigrad_extras"] = drawn.extras
 
 
+def _check_shape(name: str, fn: Any, sample_shape: tuple, value: jax.Array) -> None:
+    expected = tuple(fn.shape(sample_shape))
+    got = tuple(jnp.shape(value))
+    if expected != got:
+        raise ModelGuideMismatchError(
+            f"Site '{name}' has shape {got} in the guide but the model expects {expected} "
+            "(batch shape from its plates plus event shape). Make the guide's distribution "
+            "for this site match: check .to_event(), plates and parameter shapes."
+        )
+
+
 class _GuideTraceContext(Messenger):
-    """Makes the particle's guide trace visible to model-side helpers (see ``guide_site``)."""
+    """Runs the model on the guide's values: checks their shapes as each site is reached (before
+    the model uses a wrong-shaped value) and makes the guide trace visible to model-side helpers
+    (see ``guide_site``)."""
 
     stack: list[dict] = []
 
     def __init__(self, fn: Callable, guide_trace: dict):
         self.guide_trace = guide_trace
         super().__init__(fn)
+
+    def process_message(self, msg: dict) -> None:
+        site = self.guide_trace.get(msg["name"])
+        if msg["type"] == "sample" and not msg["is_observed"] and site is not None:
+            _check_shape(msg["name"], msg["fn"], msg["kwargs"]["sample_shape"], site["value"])
 
     def __enter__(self):
         _GuideTraceContext.stack.append(self.guide_trace)
@@ -153,14 +171,6 @@ def _check_traces(model_tr: dict, guide_tr: dict, assignment: Assignment) -> Non
             raise ModelGuideMismatchError(
                 f"The model's latent site '{name}' has no matching sample site in the guide. "
                 f"Add numpyro.sample('{name}', ...) to the guide (guide sites: {sorted(sampled)})."
-            )
-        expected = tuple(site["fn"].shape(site["kwargs"]["sample_shape"]))
-        got = tuple(jnp.shape(guide_tr[name]["value"]))
-        if expected != got:
-            raise ModelGuideMismatchError(
-                f"Site '{name}' has shape {got} in the guide but the model expects {expected} "
-                "(batch shape from its plates plus event shape). Make the guide's distribution "
-                "for this site match: check .to_event(), plates and parameter shapes."
             )
 
 
