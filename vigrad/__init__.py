@@ -2,29 +2,40 @@
 
 from vigrad.errors import DataError, EstimatorError, ModelGuideMismatchError, VigradError
 from vigrad.estimators.base import Estimator
-from vigrad.estimators.control_variates import ControlVariate, LeaveOneOut, MovingAverage
+from vigrad.estimators.control_variates import ControlVariate, Learned, LeaveOneOut, MovingAverage
 from vigrad.estimators.path import PathGradient
 from vigrad.estimators.reparam import Reparam
 from vigrad.estimators.score import Score
 from vigrad.infer.fit import FitResult, NonFiniteLossWarning, fit
 from vigrad.objectives.base import Objective
+from vigrad.objectives.dreg import DReG
 from vigrad.objectives.elbo import ELBO
+from vigrad.objectives.iwelbo import IWELBO, VIMCO
+from vigrad.objectives.program import Program, objective
+from vigrad.objectives.renyi import RenyiELBO
 
 __all__ = [
     "ControlVariate",
     "DataError",
+    "DReG",
     "ELBO",
+    "IWELBO",
     "Estimator",
     "FitResult",
     "NonFiniteLossWarning",
     "fit",
+    "objective",
     "EstimatorError",
+    "Learned",
     "LeaveOneOut",
     "ModelGuideMismatchError",
     "MovingAverage",
     "Objective",
     "PathGradient",
+    "Program",
     "Reparam",
+    "RenyiELBO",
     "Score",
+    "VIMCO",
     "VigradError",
 ]

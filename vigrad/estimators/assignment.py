@@ -38,7 +38,10 @@ def default_estimator(fn: Any) -> Estimator:
 class Assignment:
     """The estimator specification of one objective, resolved site by site."""
 
-    def __init__(self, spec: EstimatorSpec = None):
+    def __init__(
+        self, spec: EstimatorSpec = None, default: Callable[[Any], Estimator] | None = None
+    ):
+        self.default = default or default_estimator
         self.by_name: dict[str, Estimator] = {}
         self.by_site: Callable[[dict], Estimator | None] | None = None
         if spec is None:
@@ -67,7 +70,7 @@ class Assignment:
                 if chosen is not None:
                     est = _require_estimator(chosen, f"estimators callable for site '{name}'")
             if est is None:
-                est = default_estimator(fn)
+                est = self.default(fn)
         est.check(name, fn)
         return est
 

@@ -90,3 +90,48 @@ def MovingAverage(decay: float = 0.9) -> ControlVariate:  # noqa: N802
         )
 
     return ControlVariate(init, update)
+
+
+class LearnedState(NamedTuple):
+    """Parameters of a learned baseline and its optimiser state."""
+
+    params: Any
+    opt_state: Any
+
+
+def Learned(module: Any, context: Any = None, learning_rate: float = 1e-2) -> ControlVariate:  # noqa: N802
+    """Learned baseline ``b_psi(context)`` (NVIL, Mnih & Gregor 2014).
+
+    ``module`` is an equinox module (any callable pytree) mapping ``context`` to a baseline that
+    broadcasts to the site's plates; its array leaves ``psi`` are trained with Adam on the squared
+    error ``mean_k (f_k - b_psi)^2`` of the signals, one step per objective evaluation. The baseline
+    used at a step comes from the parameters before that step's update, so it never sees the
+    current samples and the estimator stays unbiased.
+
+    Args:
+        module: the baseline network, e.g. ``eqx.nn.MLP(in_size, "scalar", 16, 1, key=key)``.
+        context: its input (e.g. the data or an amortised summary); ``None`` feeds a scalar 0.
+        learning_rate: Adam step size for ``psi``.
+    """
+    import equinox as eqx
+    import optax
+
+    params, static = eqx.partition(module, eqx.is_inexact_array)
+    optimizer = optax.adam(learning_rate)
+    inputs = jnp.zeros(()) if context is None else context
+
+    def predict(p: Any, shape: tuple[int, ...]) -> jax.Array:
+        return jnp.broadcast_to(eqx.combine(p, static)(inputs), shape)
+
+    def init(signals: jax.Array) -> LearnedState:
+        return LearnedState(params, optimizer.init(params))
+
+    def update(signals: jax.Array, state: LearnedState) -> tuple[jax.Array, LearnedState]:
+        baseline = predict(state.params, signals.shape[1:])
+        loss = lambda p: jnp.mean((signals - predict(p, signals.shape[1:])) ** 2)
+        grads = jax.grad(loss)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        return jnp.broadcast_to(baseline, signals.shape), LearnedState(new_params, opt_state)
+
+    return ControlVariate(init, update)

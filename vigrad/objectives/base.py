@@ -14,7 +14,8 @@ from typing import Any
 import jax
 from numpyro.infer.elbo import ELBO as _NumPyroELBO
 
-from vigrad.estimators.assignment import Assignment, EstimatorSpec
+from vigrad.estimators.assignment import Assignment, EstimatorSpec, default_estimator
+from vigrad.estimators.base import Estimator
 from vigrad.objectives.particles import Particles, Structure, draw_particles
 from vigrad.objectives.surrogate import (
     Estimate,
@@ -43,7 +44,11 @@ class Objective(_NumPyroELBO):
         if int(num_particles) < 1:
             raise ValueError(f"num_particles must be at least 1, got {num_particles}")
         super().__init__(num_particles=int(num_particles))
-        self.assignment = Assignment(estimators)
+        self.assignment = Assignment(estimators, default=self.default_estimator)
+
+    def default_estimator(self, fn: Any) -> Estimator:
+        """The estimator of a site that no assignment names."""
+        return default_estimator(fn)
 
     def program(self, particles: Particles) -> Estimate:
         """Reduce the particles to the objective estimate (override in subclasses)."""

@@ -1,0 +1,224 @@
+"""Unbiasedness of multi-sample objectives (IWELBO, VIMCO, Rényi, user programs, DReG) and of
+stateful control variates, against exact gradients; negative controls rejected by the same test."""
+
+import itertools
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from numpy.polynomial.hermite_e import hermegauss
+from unbiased import THRESHOLD, gradient_samples, max_abs_z
+
+import vigrad
+from vigrad.estimators.control_variates import ControlVariate, EmptyState
+from vigrad.objectives.program import log_mean_exp
+from vigrad.objectives.renyi import renyi_bound
+
+M = 20_000
+
+# Discrete model: a categorical k and a Bernoulli z whose guide depends on k.
+Y = 0.8
+MUS = jnp.array([-2.0, 0.0, 2.0])
+PRIOR_K = jnp.array([0.2, 0.5, 0.3])
+DISC = {"b": jnp.array([0.2, -0.1, 0.4]), "a0": jnp.array(0.3), "a1": jnp.array(-0.6)}
+
+
+def disc_model(y):
+    k = numpyro.sample("k", dist.Categorical(probs=PRIOR_K))
+    z = numpyro.sample("z", dist.Bernoulli(probs=0.4))
+    numpyro.sample("y", dist.Normal(MUS[k] + z, 1.0), obs=y)
+
+
+def disc_guide(y):
+    k = numpyro.sample("k", dist.Categorical(logits=numpyro.param("b", jnp.zeros(3))))
+    a0, a1 = numpyro.param("a0", 0.0), numpyro.param("a1", 0.0)
+    numpyro.sample("z", dist.Bernoulli(logits=a0 + a1 * k))
+
+
+def disc_configs(p):
+    """log q and log w of each of the 6 configurations (k, z)."""
+    lq, lw = [], []
+    for k, z in itertools.product(range(3), (0.0, 1.0)):
+        q = dist.Categorical(logits=p["b"]).log_prob(k) + dist.Bernoulli(
+            logits=p["a0"] + p["a1"] * k
+        ).log_prob(z)
+        lp = (
+            jnp.log(PRIOR_K[k])
+            + dist.Bernoulli(probs=0.4).log_prob(z)
+            + dist.Normal(MUS[k] + z, 1.0).log_prob(Y)
+        )
+        lq.append(q)
+        lw.append(lp - q)
+    return jnp.stack(lq), jnp.stack(lw)
+
+
+def exact_by_enumeration(fn, k):
+    """-E[fn(log w_1..K)] over all 6^K configurations of K independent particles."""
+
+    def neg(p):
+        lq, lw = disc_configs(p)
+        idx = jnp.array(list(itertools.product(range(6), repeat=k)))
+        weights = jnp.exp(jnp.sum(lq[idx], axis=1))
+        return -jnp.sum(weights * jax.vmap(fn)(lw[idx]))
+
+    return neg
+
+
+def disc_z(objective, fn, k, seed=0):
+    loss = lambda key, p: objective.loss(key, p, disc_model, disc_guide, Y)
+    grads = gradient_samples(loss, DISC, jax.random.key(seed), M)
+    return max_abs_z(grads, jax.grad(exact_by_enumeration(fn, k))(DISC))
+
+
+K = 3
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: (vigrad.IWELBO(K), log_mean_exp),
+        lambda: (vigrad.VIMCO(K), log_mean_exp),
+        lambda: (vigrad.RenyiELBO(0.5, K), lambda lw: renyi_bound(lw, 0.5)),
+    ],
+    ids=["iwelbo", "vimco", "renyi"],
+)
+def test_multisample_score_unbiased_by_enumeration(make):
+    objective, fn = make()
+    assert disc_z(objective, fn, K) < THRESHOLD
+
+
+def test_user_program_unbiased_by_enumeration():
+    def soft_max_weight(log_w):
+        # A user's objective: any differentiable function of the log weights.
+        return 0.5 * log_mean_exp(2.0 * log_w) + 0.1 * jnp.mean(log_w)
+
+    objective = vigrad.objective(num_particles=K)(soft_max_weight)
+    assert disc_z(objective, soft_max_weight, K) < THRESHOLD
+
+
+def test_negative_control_baseline_including_own_particle_is_rejected():
+    """Subtracting the mean signal over all particles (own one included) is biased."""
+    own = ControlVariate(
+        lambda s: EmptyState(), lambda s, st: (jnp.broadcast_to(s.mean(0), s.shape), st)
+    )
+    objective = vigrad.IWELBO(K, estimators={"k": vigrad.Score(own), "z": vigrad.Score(own)})
+    assert disc_z(objective, log_mean_exp, K) > THRESHOLD
+
+
+def test_leave_one_out_rejected_where_particles_are_combined():
+    objective = vigrad.IWELBO(K, estimators={"k": vigrad.Score(vigrad.LeaveOneOut())})
+    with pytest.raises(vigrad.EstimatorError, match="Site 'k'.*VIMCO"):
+        objective.loss(jax.random.key(0), DISC, disc_model, disc_guide, Y)
+
+
+# Continuous model with a model parameter: IWELBO / Rényi gradients by 2-D Gauss-Hermite quadrature.
+X = jnp.array([0.5, 1.2, -0.3, 2.0])
+CONT = {"m": jnp.array(0.2), "s": jnp.array(0.9), "loc": jnp.array(-0.3)}
+
+
+def cont_model(x):
+    loc = numpyro.param("loc", 0.0)
+    mu = numpyro.sample("mu", dist.Normal(loc, 1.0))
+    with numpyro.plate("data", x.shape[0]):
+        numpyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+
+def cont_guide(x):
+    numpyro.sample("mu", dist.Normal(numpyro.param("m", 0.0), numpyro.param("s", 1.0)))
+
+
+def exact_by_quadrature(fn):
+    nodes, weights = hermegauss(60)
+    nodes = jnp.asarray(nodes)
+    w = jnp.asarray(weights) / jnp.sqrt(2 * jnp.pi)
+
+    def neg(p):
+        z = p["m"] + p["s"] * nodes
+        lw = (
+            dist.Normal(p["loc"], 1.0).log_prob(z)
+            + dist.Normal(z[:, None], 1.0).log_prob(X).sum(-1)
+            - dist.Normal(p["m"], p["s"]).log_prob(z)
+        )
+        pairs = jnp.stack(jnp.broadcast_arrays(lw[:, None], lw[None, :]), -1)
+        values = jax.vmap(jax.vmap(fn))(pairs)
+        return -jnp.sum(w[:, None] * w[None, :] * values)
+
+    return neg
+
+
+def cont_z(objective, fn, seed=0):
+    loss = lambda key, p: objective.loss(key, p, cont_model, cont_guide, X)
+    grads = gradient_samples(loss, CONT, jax.random.key(seed), M)
+    return max_abs_z(grads, jax.grad(exact_by_quadrature(fn))(CONT))
+
+
+def test_iwelbo_reparam_unbiased():
+    assert cont_z(vigrad.IWELBO(2), log_mean_exp) < THRESHOLD
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_dreg_unbiased(alpha):
+    fn = lambda lw: renyi_bound(lw, alpha)
+    assert cont_z(vigrad.DReG(2, alpha=alpha), fn) < THRESHOLD
+
+
+def test_negative_control_naive_stl_inside_iwelbo_is_rejected():
+    objective = vigrad.IWELBO(2, estimators={"mu": vigrad.PathGradient()})
+    assert cont_z(objective, log_mean_exp) > THRESHOLD
+
+
+def test_dreg_rejects_score_sites():
+    objective = vigrad.DReG(3, estimators={"k": vigrad.Score(), "z": vigrad.Score()})
+    with pytest.raises(vigrad.EstimatorError, match="site 'k'"):
+        objective.loss(jax.random.key(0), DISC, disc_model, disc_guide, Y)
+
+
+# Stateful control variates: the state after some steps depends on past samples only.
+
+
+def _grad_after_warmup(objective, steps, key):
+    def one(key):
+        keys = jax.random.split(key, steps + 1)
+        state = objective.init_state(keys[0], DISC, disc_model, disc_guide, Y)
+
+        def step(state, k):
+            _, state = objective.loss_and_state(k, DISC, disc_model, disc_guide, (Y,), {}, state)
+            return state, None
+
+        state, _ = jax.lax.scan(step, state, keys[1:steps])
+        loss = lambda p: objective.loss_and_state(
+            keys[steps], p, disc_model, disc_guide, (Y,), {}, state
+        )[0]
+        return jax.grad(loss)(DISC)
+
+    return jax.jit(jax.vmap(one))(jax.random.split(key, M))
+
+
+@pytest.mark.parametrize(
+    "control_variate",
+    [
+        lambda: vigrad.MovingAverage(0.8),
+        lambda: vigrad.Learned(eqx.nn.Linear("scalar", "scalar", key=jax.random.key(0)), 1.0, 0.05),
+    ],
+    ids=["moving-average", "learned"],
+)
+def test_stateful_control_variates_unbiased_after_steps(control_variate):
+    cv = control_variate()
+    objective = vigrad.ELBO(2, estimators={"k": vigrad.Score(cv), "z": vigrad.Score(cv)})
+    grads = _grad_after_warmup(objective, 6, jax.random.key(2))
+    exact = jax.grad(exact_by_enumeration(lambda lw: jnp.mean(lw), 1))(DISC)
+    assert max_abs_z(grads, exact) < THRESHOLD
+
+
+def test_moving_average_reduces_variance_after_steps():
+    plain = vigrad.ELBO(1, estimators={"k": vigrad.Score(), "z": vigrad.Score()})
+    cv = vigrad.MovingAverage(0.8)
+    averaged = vigrad.ELBO(1, estimators={"k": vigrad.Score(cv), "z": vigrad.Score(cv)})
+    var = lambda g: sum(float(np.var(x, axis=0).sum()) for x in jax.tree.leaves(g))
+    v_plain = var(_grad_after_warmup(plain, 20, jax.random.key(4)))
+    v_avg = var(_grad_after_warmup(averaged, 20, jax.random.key(4)))
+    assert v_avg < 0.5 * v_plain
