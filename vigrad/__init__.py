@@ -13,6 +13,7 @@ from vigrad.objectives.elbo import ELBO
 from vigrad.objectives.iwelbo import IWELBO, VIMCO
 from vigrad.objectives.program import Program, objective
 from vigrad.objectives.renyi import RenyiELBO
+from vigrad.objectives.rws import RWS
 
 __all__ = [
     "ControlVariate",
@@ -35,6 +36,7 @@ __all__ = [
     "Program",
     "Reparam",
     "RenyiELBO",
+    "RWS",
     "Score",
     "VIMCO",
     "VigradError",
