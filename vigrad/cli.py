@@ -1,0 +1,332 @@
+"""The ``vigrad`` command: fit zoo models (or a user's file) and report the posterior.
+
+vigrad fit eight_schools --estimator tau=path --objective iwelbo --particles 8 --steps 3000
+vigrad fit my_model.py --out results/mine
+vigrad models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from vigrad.errors import VigradError
+
+# Names accepted by --estimator SITE=NAME, each a zero-argument constructor (imported lazily so
+# `vigrad --help` does not start JAX).
+ESTIMATOR_NAMES: dict[str, str] = {
+    "reparam": "vigrad.Reparam()",
+    "path": "vigrad.PathGradient() (sticking the landing)",
+    "score": "vigrad.Score() (REINFORCE, Rao-Blackwellised)",
+    "score-loo": "vigrad.Score(vigrad.LeaveOneOut())",
+    "score-ma": "vigrad.Score(vigrad.MovingAverage(0.9))",
+}
+OBJECTIVE_NAMES = ("elbo", "iwelbo", "vimco", "renyi", "dreg")
+
+
+def make_estimator(name: str):
+    import vigrad
+
+    makers: dict[str, Callable] = {
+        "reparam": vigrad.Reparam,
+        "path": vigrad.PathGradient,
+        "score": vigrad.Score,
+        "score-loo": lambda: vigrad.Score(vigrad.LeaveOneOut()),
+        "score-ma": lambda: vigrad.Score(vigrad.MovingAverage(0.9)),
+    }
+    if name not in makers:
+        raise VigradError(
+            f"Unknown estimator '{name}'. Choose one of: "
+            + "; ".join(f"{k} = {v}" for k, v in ESTIMATOR_NAMES.items())
+        )
+    return makers[name]()
+
+
+def parse_estimators(pairs: Sequence[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        site, sep, name = pair.partition("=")
+        if not sep or not site or not name:
+            raise VigradError(f"--estimator takes SITE=NAME (e.g. tau=path), got '{pair}'.")
+        out[site] = make_estimator(name)
+    return out
+
+
+def make_objective(name: str, num_particles: int, estimators: dict, alpha: float):
+    import vigrad
+
+    if name == "elbo":
+        return vigrad.ELBO(num_particles=num_particles, estimators=estimators)
+    if name == "iwelbo":
+        return vigrad.IWELBO(num_particles=num_particles, estimators=estimators)
+    if name == "vimco":
+        return vigrad.VIMCO(num_particles=num_particles, estimators=estimators)
+    if name == "renyi":
+        return vigrad.RenyiELBO(alpha=alpha, num_particles=num_particles, estimators=estimators)
+    if name == "dreg":
+        return vigrad.DReG(num_particles=num_particles, estimators=estimators)
+    raise VigradError(f"Unknown objective '{name}'. Choose one of: {', '.join(OBJECTIVE_NAMES)}.")
+
+
+def _posterior(zm, params, data, num_draws: int, rng_key):
+    """Guide draws of every latent and deterministic site, and the log weights of the draws."""
+    import jax
+    from numpyro.infer import Predictive
+    from numpyro.infer.util import log_density
+
+    guide_key, model_key = jax.random.split(rng_key)
+    draws = Predictive(zm.guide, params=params, num_samples=num_draws)(guide_key, **data)
+    draws = {k: v for k, v in draws.items() if not k.startswith("_")}
+    observed = {k for k, v in data.items() if v is not None}
+    model_sites = Predictive(zm.model, posterior_samples=draws)(model_key, **data)
+    for name, value in model_sites.items():
+        if name not in draws and name not in observed:
+            draws[name] = value
+
+    def log_weight(latents):
+        log_p, _ = log_density(zm.model, (), data, latents)
+        log_q, _ = log_density(zm.guide, (), data, {**params, **latents})
+        return log_p - log_q
+
+    latent_names = _latent_sites(zm, data)
+    log_w = jax.vmap(log_weight)({k: draws[k] for k in latent_names})
+    return draws, log_w
+
+
+def _latent_sites(zm, data) -> list[str]:
+    import jax
+    from numpyro.handlers import seed, trace
+
+    tr = trace(seed(zm.model, jax.random.key(0))).get_trace(**data)
+    return [
+        name
+        for name, site in tr.items()
+        if site["type"] == "sample"
+        and not site["is_observed"]
+        and not site["infer"].get("is_auxiliary")
+    ]
+
+
+def khat_message(k: float) -> str:
+    if k < 0.5:
+        return "good: importance sampling with the guide is reliable"
+    if k < 0.7:
+        return "ok: reliable, with slower convergence of importance-weighted estimates"
+    return (
+        "bad: the guide misses posterior mass; do not trust its tails (try IWELBO, a richer guide)"
+    )
+
+
+def _reference_table(reference: dict, draws: dict) -> list[str]:
+    import numpy as np
+
+    lines = [
+        "",
+        f"Against the reference posterior ({reference['method']}):",
+        f"  {'site':<14}{'max |mean error| / sd':>24}{'sd ratio (range)':>22}",
+    ]
+    for name, ref in reference["sites"].items():
+        if name not in draws:
+            continue
+        x = np.asarray(draws[name]).reshape(np.asarray(draws[name]).shape[0], -1)
+        ref_mean, ref_sd = np.asarray(ref["mean"]), np.asarray(ref["sd"])
+        err = np.max(np.abs(x.mean(0) - ref_mean) / ref_sd)
+        ratio = x.std(0, ddof=1) / ref_sd
+        lines.append(f"  {name:<14}{err:>24.2f}{f'{ratio.min():.2f}..{ratio.max():.2f}':>22}")
+    return lines
+
+
+def _plots(out: Path, losses, draws: dict, reference: dict | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(np.arange(1, len(losses) + 1), losses, lw=0.6)
+    lo, hi = np.percentile(losses, [1, 99.5]) if len(losses) > 20 else (None, None)
+    if lo is not None:
+        ax.set_ylim(lo - 0.05 * abs(hi - lo), hi)
+    ax.set(xlabel="step", ylabel="loss (negative objective)", title="Loss trace")
+    fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=120)
+    plt.close(fig)
+
+    panels = []
+    for name, value in draws.items():
+        v = np.asarray(value).reshape(np.asarray(value).shape[0], -1)
+        for j in range(min(v.shape[1], 8)):
+            label = name if v.shape[1] == 1 else f"{name}[{j}]"
+            ref = None
+            if reference and name in reference["sites"]:
+                site = reference["sites"][name]
+                ref = (site["mean"][j], site["sd"][j])
+            panels.append((label, v[:, j], ref))
+    cols = 4
+    rows = max(1, -(-len(panels) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.2 * rows), squeeze=False)
+    for ax, (label, v, ref) in zip(axes.flat, panels, strict=False):
+        ax.hist(v, bins=40, density=True, alpha=0.7, label="guide")
+        if ref is not None:
+            grid = np.linspace(v.min(), v.max(), 200)
+            dens = np.exp(-0.5 * ((grid - ref[0]) / ref[1]) ** 2) / (ref[1] * np.sqrt(2 * np.pi))
+            ax.plot(grid, dens, "k--", lw=1, label="reference N(mean, sd)")
+        ax.set_title(label, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    if any(ref is not None for *_, ref in panels):
+        axes.flat[0].legend(fontsize=6)
+    fig.suptitle("Posterior marginals")
+    fig.tight_layout()
+    fig.savefig(out / "posterior.png", dpi=120)
+    plt.close(fig)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    import arviz as az
+    import jax
+    import numpy as np
+    import optax
+
+    import vigrad
+    from vigrad.zoo import load_model
+
+    zm = load_model(args.model)
+    estimators = {**zm.estimators, **parse_estimators(args.estimator)}
+    num_particles = args.particles or zm.num_particles
+    if args.objective != "elbo" and not args.particles:
+        num_particles = max(num_particles, 8)
+    objective = make_objective(args.objective, num_particles, estimators, args.alpha)
+    steps = args.steps or zm.steps
+    lr = args.lr or zm.learning_rate
+    data = dict(zm.load_data())
+
+    print(f"vigrad fit {zm.name}: {zm.description}")
+    chosen = ", ".join(f"{k}={type(v).__name__}" for k, v in estimators.items()) or "none"
+    print(
+        f"objective {type(objective).__name__}(K={num_particles}), adam({lr:g}), {steps} steps; "
+        f"estimators {chosen} (others: Reparam if reparameterisable, else Score)"
+    )
+    key = jax.random.key(args.seed)
+    fit_key, draw_key = jax.random.split(key)
+    t0 = time.perf_counter()
+    result = vigrad.fit(
+        zm.model,
+        zm.guide,
+        objective,
+        optax.adam(lr),
+        steps,
+        fit_key,
+        progress_bar=not args.no_progress,
+        **data,
+    )
+    seconds = time.perf_counter() - t0
+    losses = np.asarray(result.losses)
+    tail = losses[-max(1, len(losses) // 10) :]
+    print(
+        f"fitted in {seconds:.1f} s (compile included); "
+        f"loss over the last 10% of steps {tail.mean():.3f} +- {tail.std():.3f}"
+    )
+    if result.message:
+        print(f"warning: {result.message}")
+
+    draws, log_w = _posterior(zm, result.params, data, args.draws, draw_key)
+    posterior = {k: np.asarray(v)[None] for k, v in draws.items()}
+    idata = az.from_dict(posterior=posterior, sample_stats={"log_weight": np.asarray(log_w)[None]})
+    summary = az.summary(idata, var_names=list(posterior), kind="stats", hdi_prob=0.94)
+    with np.errstate(invalid="ignore"):
+        _, khat = az.psislw(np.asarray(log_w, dtype=np.float64))
+    khat = float(khat)
+    print()
+    print(f"Posterior summary ({args.draws} guide draws):")
+    print(summary.to_string())
+    print()
+    print(f"PSIS k-hat of the guide as an importance proposal: {khat:.2f} ({khat_message(khat)})")
+    if zm.reference:
+        print("\n".join(_reference_table(zm.reference, draws)))
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(out / "summary.csv")
+    idata.to_netcdf(str(out / "inference_data.nc"))
+    np.save(out / "losses.npy", losses)
+    record = {
+        "model": zm.name,
+        "objective": type(objective).__name__,
+        "num_particles": num_particles,
+        "estimators": {k: repr(v) for k, v in estimators.items()},
+        "steps": int(result.num_steps),
+        "learning_rate": lr,
+        "seed": args.seed,
+        "seconds": seconds,
+        "final_loss": float(tail.mean()),
+        "khat": khat,
+        "params": {k: np.asarray(v).tolist() for k, v in result.params.items()},
+    }
+    (out / "result.json").write_text(json.dumps(record, indent=1) + "\n")
+    if not args.no_plots:
+        _plots(out, losses, draws, zm.reference)
+    print(
+        f"\nwrote {out}/: summary.csv, inference_data.nc, losses.npy, result.json"
+        + ("" if args.no_plots else ", loss.png, posterior.png")
+    )
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from vigrad.zoo import list_models, load_model
+
+    for name in list_models():
+        print(f"{name:<24}{load_model(name).description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vigrad", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", help="fit a zoo model or a Python file's model and guide")
+    fit.add_argument("model", help="zoo model name (see `vigrad models`) or path to a .py file")
+    fit.add_argument(
+        "--estimator",
+        action="append",
+        default=[],
+        metavar="SITE=NAME",
+        help=f"estimator for a guide site; NAME in {', '.join(ESTIMATOR_NAMES)} (repeatable)",
+    )
+    fit.add_argument("--objective", default="elbo", choices=OBJECTIVE_NAMES)
+    fit.add_argument("--alpha", type=float, default=0.5, help="Renyi alpha (--objective renyi)")
+    fit.add_argument("--particles", type=int, default=None, help="particles per step (K)")
+    fit.add_argument("--steps", type=int, default=None)
+    fit.add_argument("--lr", type=float, default=None, help="Adam learning rate")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--draws", type=int, default=2000, help="guide draws for the summary")
+    fit.add_argument("--out", default=None, help="output folder (default results/MODEL)")
+    fit.add_argument("--no-progress", action="store_true")
+    fit.add_argument("--no-plots", action="store_true")
+    fit.set_defaults(run=cmd_fit)
+
+    models = sub.add_parser("models", help="list the zoo models")
+    models.set_defaults(run=cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "out", "") is None:
+        args.out = str(Path("results") / Path(args.model).stem)
+    try:
+        return args.run(args)
+    except VigradError as err:
+        print(f"vigrad: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Load models by name from the model zoo (plain Python files in ``models/``) or from a user's file.
+
+A zoo file is an ordinary Python module exposing:
+
+* ``model``: a NumPyro model; its data are keyword arguments;
+* ``guide``: the recommended guide (a hand-written NumPyro program or an autoguide);
+* ``load_data()``: returns the model's keyword arguments (small bundled or generated data);
+* optionally ``ESTIMATORS`` (a mapping from guide site to estimator), ``NUM_PARTICLES``, ``STEPS``,
+  ``LEARNING_RATE``, ``DATA_PLATE`` (the name of the plate over observations, for SG-MCMC
+  minibatching) and ``REFERENCE`` (a JSON file beside it with the reference posterior: per site
+  ``{"mean": [...], "sd": [...]}`` from a long NUTS run, written by ``scripts/make_references.py``).
+
+The zoo is not an installed package: files are loaded by path, so a user's own file works the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from vigrad.errors import VigradError
+
+__all__ = ["ZooModel", "list_models", "load_model", "models_dir"]
+
+
+def models_dir() -> Path:
+    """The zoo folder: ``$VIGRAD_MODELS``, else ``models/`` beside the vigrad source tree."""
+    env = os.environ.get("VIGRAD_MODELS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "models"
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooModel:
+    """A model, its recommended guide and settings, loaded from one Python file."""
+
+    name: str
+    path: Path
+    model: Callable
+    guide: Callable
+    load_data: Callable[[], Mapping[str, Any]]
+    description: str
+    estimators: Mapping[str, Any]
+    num_particles: int
+    steps: int
+    learning_rate: float
+    data_plate: str | None
+    reference_path: Path | None
+    reference: dict[str, Any] | None
+
+
+def list_models() -> list[str]:
+    """Names of the models in the zoo."""
+    return sorted(p.stem for p in models_dir().glob("*.py") if not p.stem.startswith("_"))
+
+
+def _import_file(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(f"vigrad_zoo_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_model(name_or_path: str | os.PathLike) -> ZooModel:
+    """Load a zoo model by name (``"eight_schools"``) or a user's file by path (``"my_model.py"``).
+
+    Raises:
+        VigradError: the name is not in the zoo, the file does not exist, or it lacks ``model``,
+            ``guide`` or ``load_data``.
+    """
+    text = str(name_or_path)
+    if text.endswith(".py") or os.sep in text:
+        path = Path(text)
+        if not path.is_file():
+            raise VigradError(f"No model file at '{path}'.")
+    else:
+        path = models_dir() / f"{text}.py"
+        if not path.is_file():
+            raise VigradError(
+                f"Unknown model '{text}'. Zoo models: {', '.join(list_models()) or '(none found)'}; "
+                "or pass the path of a Python file that defines model, guide and load_data()."
+            )
+    module = _import_file(path.stem, path)
+    missing = [a for a in ("model", "guide", "load_data") if not hasattr(module, a)]
+    if missing:
+        raise VigradError(
+            f"{path} must define model, guide and load_data(); it lacks {', '.join(missing)}."
+        )
+    ref_name = getattr(module, "REFERENCE", None)
+    ref_path = None if ref_name is None else path.parent / ref_name
+    reference = json.loads(ref_path.read_text()) if ref_path and ref_path.is_file() else None
+    doc = (module.__doc__ or path.stem).strip().splitlines()[0]
+    return ZooModel(
+        name=path.stem,
+        path=path,
+        model=module.model,
+        guide=module.guide,
+        load_data=module.load_data,
+        description=doc,
+        estimators=dict(getattr(module, "ESTIMATORS", {})),
+        num_particles=int(getattr(module, "NUM_PARTICLES", 1)),
+        steps=int(getattr(module, "STEPS", 2000)),
+        learning_rate=float(getattr(module, "LEARNING_RATE", 1e-2)),
+        data_plate=getattr(module, "DATA_PLATE", None),
+        reference_path=ref_path,
+        reference=reference,
+    )
