@@ -141,16 +141,11 @@ def _compiled_chunk(
         )
         updates, new_opt_state = optimizer.update(grads, opt_state, params_u)
         new_params = optax.apply_updates(params_u, updates)
-        ok = finite & (bad_step < 0)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+        # Only the first bad step is recorded; the carry is not masked, which would cost a select
+        # per parameter per step. ``fit`` recovers the last finite state by replaying the chunk up
+        # to that step, which is exact because step t always uses fold_in(base_key, t).
         bad_step = jnp.where(~finite & (bad_step < 0), t, bad_step)
-        new_carry = (
-            keep(new_params, params_u),
-            keep(new_opt_state, opt_state),
-            keep(new_obj_state, obj_state),
-            bad_step,
-        )
-        return new_carry, loss
+        return (new_params, new_opt_state, new_obj_state, bad_step), loss
 
     def chunk(carry, start, base_key, dynamic):
         body = lambda c, t: step(c, t, base_key, dynamic)
@@ -232,13 +227,19 @@ def fit(
         while step < num_steps:
             n = min(chunk_size, num_steps - step)
             run = _compiled_chunk(model, guide, objective, optimizer, static_key, cons_key, n)
-            carry, chunk_losses = run(carry, jnp.asarray(step, jnp.int32), base_key, dynamic)
-            bad = int(carry[3])
+            new_carry, chunk_losses = run(carry, jnp.asarray(step, jnp.int32), base_key, dynamic)
+            bad = int(new_carry[3])
             chunk_losses = np.asarray(chunk_losses)
             if bad >= 0:
                 losses.append(chunk_losses[: bad - step])
                 diverged_at = bad
+                if bad > step:
+                    replay = _compiled_chunk(
+                        model, guide, objective, optimizer, static_key, cons_key, bad - step
+                    )
+                    carry, _ = replay(carry, jnp.asarray(step, jnp.int32), base_key, dynamic)
                 break
+            carry = new_carry
             losses.append(chunk_losses)
             step += n
             progress.update(n, loss=float(np.mean(chunk_losses)))

@@ -210,12 +210,17 @@ def trace_particle(
     assignment: Assignment,
     structure: Structure,
 ) -> Particles:
-    """One particle (no particle axis); fills ``structure`` as a side effect of tracing."""
-    key_guide, key_model = jax.random.split(rng_key)
+    """One particle (no particle axis); fills ``structure`` as a side effect of tracing.
+
+    ``rng_key`` holds two keys, for the guide and the model.
+    """
+    key_guide, key_model = rng_key
     sampler = _SampleWithEstimators(seed(substitute(guide, data=params), key_guide), assignment)
     guide_tr = trace(sampler).get_trace(*args, **kwargs)
     chosen = sampler.chosen
-    model_fn = substitute(replay(seed(model, key_model), guide_tr), data=params)
+    # ``seed`` outside ``replay``: replay fills the latent values first, so the model spends no
+    # random numbers on sites whose values come from the guide.
+    model_fn = substitute(seed(replay(model, guide_tr), key_model), data=params)
     model_tr = trace(_GuideTraceContext(model_fn, guide_tr)).get_trace(*args, **kwargs)
     _check_traces(model_tr, guide_tr, assignment)
 
@@ -281,6 +286,9 @@ def draw_particles(
 ) -> tuple[Particles, Structure]:
     """``num_particles`` independent particles, vectorised with ``jax.vmap`` over keys."""
     structure = Structure()
-    keys = jax.random.split(rng_key, num_particles)
+    keys = jax.random.split(rng_key, (num_particles, 2))
     one = lambda key: trace_particle(key, params, model, guide, args, kwargs, assignment, structure)
+    if num_particles == 1:
+        # The same particle without the batching a size-1 vmap adds to small models' steps.
+        return jax.tree.map(lambda x: jnp.expand_dims(x, 0), one(keys[0])), structure
     return jax.vmap(one)(keys), structure
