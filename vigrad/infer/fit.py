@@ -85,17 +85,30 @@ def _join_static(dynamic: list, key: tuple) -> tuple[tuple, dict]:
 def init_params(
     rng_key: jax.Array, model: Callable, guide: Callable, args: tuple, kwargs: dict
 ) -> tuple[dict[str, jax.Array], dict[str, Any]]:
-    """Unconstrained initial values and constraints of every ``numpyro.param`` site."""
-    guide_tr = trace(seed(guide, rng_key)).get_trace(*args, **kwargs)
-    model_tr = trace(seed(replay(model, guide_tr), rng_key)).get_trace(*args, **kwargs)
-    params, cons = {}, {}
-    for site in list(model_tr.values()) + list(guide_tr.values()):
-        if site["type"] == "param":
-            constraint = site["kwargs"].get("constraint", constraints.real)
-            cons[site["name"]] = constraint
-            params[site["name"]] = biject_to(constraint).inv(site["value"])
-    # Strong dtypes, so the scan carry keeps one type across steps.
-    params = jax.tree.map(lambda x: jax.lax.convert_element_type(x, jnp.result_type(x)), params)
+    """Unconstrained initial values and constraints of every ``numpyro.param`` site.
+
+    The guide and model are traced under ``jax.jit``: run eagerly, every operation of a first call
+    is compiled on its own, which costs more than compiling them together. An autoguide's first
+    call builds its prototype from concrete values, so that one call runs eagerly.
+    """
+    dynamic, static_key = _split_static(args, kwargs)
+    cons = {}
+
+    def init(key, dynamic):
+        args, kwargs = _join_static(dynamic, static_key)
+        guide_tr = trace(seed(guide, key)).get_trace(*args, **kwargs)
+        model_tr = trace(seed(replay(model, guide_tr), key)).get_trace(*args, **kwargs)
+        params = {}
+        for site in list(model_tr.values()) + list(guide_tr.values()):
+            if site["type"] == "param":
+                constraint = site["kwargs"].get("constraint", constraints.real)
+                cons[site["name"]] = constraint
+                params[site["name"]] = biject_to(constraint).inv(site["value"])
+        # Strong dtypes, so the scan carry keeps one type across steps.
+        return jax.tree.map(lambda x: jax.lax.convert_element_type(x, jnp.result_type(x)), params)
+
+    builds_prototype = getattr(guide, "prototype_trace", False) is None
+    params = init(rng_key, dynamic) if builds_prototype else jax.jit(init)(rng_key, dynamic)
     return params, cons
 
 
@@ -114,6 +127,12 @@ class _Same:
 
 def _constrain(params_u: dict, cons: tuple) -> dict:
     return {name: biject_to(c.obj)(params_u[name]) for name, c in cons}
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _setup(params_u: dict, cons: tuple, optimizer: optax.GradientTransformation):
+    """Constrained params and the optimiser's state, as one compiled call (not one per op)."""
+    return _constrain(params_u, cons), optimizer.init(params_u)
 
 
 @functools.lru_cache(maxsize=64)
@@ -207,12 +226,10 @@ def fit(
             raise KeyError(f"init_values['{name}']: no numpyro.param site named '{name}'")
         params_u[name] = biject_to(cons[name]).inv(jnp.asarray(value))
     cons_key = tuple((name, _Same(cons[name])) for name in sorted(cons))
+    params, opt_state = _setup(params_u, cons_key, optimizer)
     # Traced once with the concrete data: every site check (and the NaN-in-data check) runs here,
     # before anything is compiled.
-    obj_state = objective.init_state(
-        init_key, _constrain(params_u, cons_key), model, guide, *args, **kwargs
-    )
-    opt_state = optimizer.init(params_u)
+    obj_state = objective.init_state(init_key, params, model, guide, *args, **kwargs)
     start, losses = 0, []
 
     if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
@@ -267,7 +284,7 @@ def fit(
         warnings.warn(message, NonFiniteLossWarning, stacklevel=2)
     all_losses = np.concatenate(losses) if losses else np.zeros((0,))
     return FitResult(
-        params=_constrain(params_u, cons_key),
+        params=_setup(params_u, cons_key, optimizer)[0],
         unconstrained_params=params_u,
         losses=all_losses,
         state=obj_state,

@@ -68,12 +68,13 @@ class Objective(_NumPyroELBO):
         """The objective's initial state (control-variate states per score-function site)."""
         captured = {}
 
-        def signals():
+        def signals(rng_key, params):
             estimate, _, structure = self._estimate(rng_key, params, model, guide, args, kwargs)
             captured.update(structure=structure, independent=estimate.independent_signals)
             return estimate.signals
 
-        shapes = jax.eval_shape(signals)
+        # Keys and params enter as arguments, so nothing in the trace runs eagerly on them.
+        shapes = jax.eval_shape(signals, rng_key, params)
         estimate = Estimate(None, None, shapes, captured["independent"])
         return init_control_variate_states(estimate, captured["structure"], self.num_particles)
 
