@@ -3,6 +3,7 @@
 from vigrad.errors import DataError, EstimatorError, ModelGuideMismatchError, VigradError
 from vigrad.estimators.base import Estimator
 from vigrad.estimators.control_variates import ControlVariate, Learned, LeaveOneOut, MovingAverage
+from vigrad.estimators.enum import Enumerate
 from vigrad.estimators.path import PathGradient
 from vigrad.estimators.reparam import Reparam
 from vigrad.estimators.score import Score
@@ -20,6 +21,7 @@ __all__ = [
     "DataError",
     "DReG",
     "ELBO",
+    "Enumerate",
     "IWELBO",
     "Estimator",
     "FitResult",

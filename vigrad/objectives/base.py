@@ -9,7 +9,7 @@ control variates and the surrogate are shared, so every objective honours every 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 from numpyro.infer.elbo import ELBO as _NumPyroELBO
@@ -39,6 +39,9 @@ class Objective(_NumPyroELBO):
     """
 
     can_infer_discrete = True
+    # Whether the objective is an expectation of the log weight, so enumerated sites can be summed
+    # out of each particle's log weight (the ELBO); see vigrad.estimators.enum.
+    linear_in_log_weights: ClassVar[bool] = False
 
     def __init__(self, num_particles: int = 1, estimators: EstimatorSpec = None):
         if int(num_particles) < 1:
@@ -58,7 +61,15 @@ class Objective(_NumPyroELBO):
         self, rng_key: jax.Array, params: dict, model: Callable, guide: Callable, args, kwargs
     ) -> tuple[Estimate, Particles, Structure]:
         particles, structure = draw_particles(
-            rng_key, self.num_particles, params, model, guide, args, kwargs, self.assignment
+            rng_key,
+            self.num_particles,
+            params,
+            model,
+            guide,
+            args,
+            kwargs,
+            self.assignment,
+            enumerate=self.linear_in_log_weights,
         )
         return self.program(particles), particles, structure
 

@@ -24,6 +24,8 @@ class ELBO(Objective):
         svi = numpyro.infer.SVI(model, guide, optax.adam(1e-2), loss)
     """
 
+    linear_in_log_weights = True
+
     def program(self, particles: Particles) -> Estimate:
         k = particles.log_w.shape[0]
         value = jnp.mean(particles.log_w)

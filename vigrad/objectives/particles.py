@@ -24,7 +24,7 @@ from numpyro.infer.elbo import MultiFrameTensor
 from numpyro.ops.provenance import eval_provenance
 from numpyro.primitives import Messenger
 
-from vigrad.errors import DataError, ModelGuideMismatchError
+from vigrad.errors import DataError, EstimatorError, ModelGuideMismatchError
 from vigrad.estimators.assignment import Assignment
 from vigrad.estimators.base import Estimator
 
@@ -41,6 +41,10 @@ class Particles(NamedTuple):
             scale), differentiable in the guide parameters only.
         costs: site -> ``[K, *plates]`` the stopped Rao-Blackwellised downstream cost of each
             score-function site.
+        enum_weights: site -> ``q(z = branch value)`` per element of each enumerated site, in one
+            branch (internal to enumeration; empty in the particles objectives see).
+        enum_costs: site -> the differentiable downstream cost of each enumerated site, reduced
+            to its plates, in one branch (internal to enumeration).
     """
 
     log_w: jax.Array
@@ -48,6 +52,8 @@ class Particles(NamedTuple):
     log_q: jax.Array
     score_log_q: dict[str, jax.Array]
     costs: dict[str, jax.Array]
+    enum_weights: dict[str, jax.Array] = {}
+    enum_costs: dict[str, jax.Array] = {}
 
 
 @dataclasses.dataclass
@@ -56,6 +62,7 @@ class Structure:
 
     estimators: dict[str, Estimator] = dataclasses.field(default_factory=dict)
     score_sites: tuple[str, ...] = ()
+    enumerated: dict[str, int] = dataclasses.field(default_factory=dict)
     guide_trace: dict[str, Any] | None = None
     model_trace: dict[str, Any] | None = None
 
@@ -63,10 +70,13 @@ class Structure:
 class _SampleWithEstimators(Messenger):
     """Draws every latent guide site with the sampler of its estimator."""
 
-    def __init__(self, fn: Callable, assignment: Assignment):
+    def __init__(self, fn: Callable, assignment: Assignment, branch: jax.Array | None = None):
         self.assignment = assignment
+        self.branch = branch
         self.chosen: dict[str, Estimator] = {}
         self.log_q_terms: dict[str, jax.Array] = {}
+        self.enumerated: dict[str, int] = {}
+        self.enum_weights: dict[str, jax.Array] = {}
         super().__init__(fn)
 
     def process_message(self, msg: dict) -> None:
@@ -77,6 +87,9 @@ class _SampleWithEstimators(Messenger):
         estimator = self.assignment.resolve(msg)
         self.chosen[msg["name"]] = estimator
         kwargs = msg["kwargs"]
+        if getattr(estimator, "is_enumerated", False):
+            self._enumerate(msg, estimator)
+            return
         drawn = estimator.draw(msg["fn"], kwargs["rng_key"], kwargs["sample_shape"])
         msg["value"] = drawn.value
         if drawn.log_q is not None:
@@ -84,6 +97,17 @@ class _SampleWithEstimators(Messenger):
         msg["infer"] = {**(msg["infer"] or {}), "vigrad_estimator": estimator}
         if drawn.extras is not None:
             msg["infer"]["vigrad_extras"] = drawn.extras
+
+    def _enumerate(self, msg: dict, estimator: Estimator) -> None:
+        # Without a branch (the first trace, which finds the enumerated sites) every enumerated
+        # site takes its first support value.
+        fn, name = msg["fn"], msg["name"]
+        self.enumerated[name] = estimator.num_branches(fn)
+        branch = jnp.zeros((), jnp.int32) if self.branch is None else self.branch
+        value, real = estimator.branch_value(fn, branch, msg["kwargs"]["sample_shape"])
+        msg["value"] = value
+        self.enum_weights[name] = jnp.where(real, jnp.exp(fn.log_prob(value)), 0.0)
+        msg["infer"] = {**(msg["infer"] or {}), "vigrad_estimator": estimator}
 
 
 def _check_shape(name: str, fn: Any, sample_shape: tuple, value: jax.Array) -> None:
@@ -209,13 +233,17 @@ def trace_particle(
     kwargs: dict,
     assignment: Assignment,
     structure: Structure,
+    branch: jax.Array | None = None,
 ) -> Particles:
     """One particle (no particle axis); fills ``structure`` as a side effect of tracing.
 
-    ``rng_key`` holds two keys, for the guide and the model.
+    ``rng_key`` holds two keys, for the guide and the model. ``branch`` selects the support value
+    of every enumerated site (see :mod:`vigrad.estimators.enum`).
     """
     key_guide, key_model = rng_key
-    sampler = _SampleWithEstimators(seed(substitute(guide, data=params), key_guide), assignment)
+    sampler = _SampleWithEstimators(
+        seed(substitute(guide, data=params), key_guide), assignment, branch
+    )
     guide_tr = trace(sampler).get_trace(*args, **kwargs)
     chosen = sampler.chosen
     # ``seed`` outside ``replay``: replay fills the latent values first, so the model spends no
@@ -236,30 +264,34 @@ def trace_particle(
         est = chosen.get(n)
         if n in sampler.log_q_terms:
             lq = sampler.log_q_terms[n]
-        elif est is None:
+        elif est is None or n in sampler.enumerated:
             lq = s["fn"].log_prob(s["value"])
         else:
             lq = est.log_q(s["fn"], s["value"])
         log_q_sites[n] = _scaled(s, lq)
 
     score_sites = tuple(n for n, est in chosen.items() if est.is_score)
-    score_log_q, costs = {}, {}
-    if score_sites:
-        latents = {n: guide_tr[n]["value"] for n in score_sites}
+    enum_sites = tuple(sampler.enumerated)
+    score_log_q, costs, enum_costs = {}, {}, {}
+    if score_sites or enum_sites:
+        latents = {n: guide_tr[n]["value"] for n in score_sites + enum_sites}
         model_deps, guide_deps = _downstream(model, guide, args, kwargs, params, latents)
-        for name in score_sites:
-            cost = MultiFrameTensor()
-            for m, lp in log_p_sites.items():
-                if name in model_deps[m]:
-                    cost.add((model_tr[m]["cond_indep_stack"], lp))
-            for g, lq in log_q_sites.items():
-                if name in guide_deps[g]:
-                    cost.add((guide_tr[g]["cond_indep_stack"], -lq))
+        terms = [(model_tr[m], lp, model_deps[m]) for m, lp in log_p_sites.items()]
+        terms += [(guide_tr[g], -lq, guide_deps[g]) for g, lq in log_q_sites.items()]
+        _check_enumerated(enum_sites, guide_tr, terms, set(latents))
+        for name in score_sites + enum_sites:
             frames = guide_tr[name]["cond_indep_stack"]
+            cost = MultiFrameTensor()
+            for site, term, deps in terms:
+                if name in deps:
+                    cost.add((site["cond_indep_stack"], term))
+            c = _reduce_to_plates(cost.sum_to(frames), frames)
+            if name in sampler.enumerated:
+                enum_costs[name] = c
+                continue
             site = guide_tr[name]
             # The score term uses the unscaled log q: the subsampling scale is already in the cost.
             lq = _reduce_to_plates(site["fn"].log_prob(site["value"]), frames)
-            c = _reduce_to_plates(cost.sum_to(frames), frames)
             shape = jnp.broadcast_shapes(lq.shape, c.shape)
             score_log_q[name] = jnp.broadcast_to(lq, shape)
             costs[name] = jax.lax.stop_gradient(jnp.broadcast_to(c, shape))
@@ -269,9 +301,48 @@ def trace_particle(
 
     structure.estimators = chosen
     structure.score_sites = score_sites
+    structure.enumerated = dict(sampler.enumerated)
     structure.guide_trace = guide_tr
     structure.model_trace = model_tr
-    return Particles(log_p - log_q, log_p, log_q, score_log_q, costs)
+    return Particles(
+        log_p - log_q, log_p, log_q, score_log_q, costs, dict(sampler.enum_weights), enum_costs
+    )
+
+
+def _check_enumerated(
+    enum_sites: tuple[str, ...], guide_tr: dict, terms: list, tracked: set[str]
+) -> None:
+    """Enumeration in parallel over plates is exact only if each term downstream of an enumerated
+    site depends on no other tracked site and lives in (at least) that site's plates."""
+    for name in enum_sites:
+        site = guide_tr[name]
+        plate_dims = {f.dim for f in site["cond_indep_stack"]}
+        batch = tuple(site["fn"].shape(site["kwargs"]["sample_shape"]))
+        for i, size in enumerate(batch):
+            if size > 1 and i - len(batch) not in plate_dims:
+                raise EstimatorError(
+                    f"Enumerate() on site '{name}': its dimension {i - len(batch)} (size {size}) "
+                    "is not a numpyro.plate, so its elements cannot be summed out one by one. "
+                    "Declare the dimension with a plate, or use vigrad.Score() for this site."
+                )
+        frames = {f.name for f in site["cond_indep_stack"]}
+        for term_site, _, deps in terms:
+            if name not in deps:
+                continue
+            others = sorted((deps & tracked) - {name})
+            if others:
+                raise EstimatorError(
+                    f"Enumerate() on site '{name}': the term of site '{term_site['name']}' also "
+                    f"depends on {others}, which are sampled with score-function gradients or "
+                    f"enumerated too. Enumerate '{name}' alone, or use vigrad.Score() for it."
+                )
+            missing = frames - {f.name for f in term_site["cond_indep_stack"]}
+            if missing:
+                raise EstimatorError(
+                    f"Enumerate() on site '{name}': site '{term_site['name']}' depends on it "
+                    f"outside its plates {sorted(missing)}, so the plate elements cannot be "
+                    "summed out one by one. Use vigrad.Score() for this site."
+                )
 
 
 def draw_particles(
@@ -283,12 +354,52 @@ def draw_particles(
     args: tuple,
     kwargs: dict,
     assignment: Assignment,
+    enumerate: bool = False,
 ) -> tuple[Particles, Structure]:
-    """``num_particles`` independent particles, vectorised with ``jax.vmap`` over keys."""
+    """``num_particles`` independent particles, vectorised with ``jax.vmap`` over keys.
+
+    With ``enumerate`` (objectives linear in the log weight, i.e. the ELBO), sites with the
+    :class:`~vigrad.estimators.enum.Enumerate` estimator are summed out: each particle's ``log_w``
+    is then its expected log weight over those sites, ``costs`` and ``score_log_q`` belong to the
+    other sites. Without it, an enumerated site is an error.
+    """
     structure = Structure()
     keys = jax.random.split(rng_key, (num_particles, 2))
-    one = lambda key: trace_particle(key, params, model, guide, args, kwargs, assignment, structure)
-    if num_particles == 1:
-        # The same particle without the batching a size-1 vmap adds to small models' steps.
-        return jax.tree.map(lambda x: jnp.expand_dims(x, 0), one(keys[0])), structure
-    return jax.vmap(one)(keys), structure
+
+    def over_particles(one):
+        if num_particles == 1:
+            # The same particle without the batching a size-1 vmap adds to small models' steps.
+            return jax.tree.map(lambda x: jnp.expand_dims(x, 0), one(keys[0]))
+        return jax.vmap(one)(keys)
+
+    trace_one = lambda key, branch=None: trace_particle(
+        key, params, model, guide, args, kwargs, assignment, structure, branch
+    )
+    particles = over_particles(trace_one)
+    if not structure.enumerated:
+        return particles, structure
+    if not enumerate:
+        raise EstimatorError(
+            f"Enumerate() on {sorted(structure.enumerated)}: this objective combines log weights "
+            "non-linearly, so sites cannot be summed out of it. Use vigrad.ELBO, or "
+            "vigrad.Score() for these sites (multi-sample objectives give it per-particle "
+            "baselines)."
+        )
+    # The trace above found the enumerated sites; its values are unused and compiled away.
+    branches = jnp.arange(max(structure.enumerated.values()))
+    expected = lambda key: _sum_out(jax.vmap(lambda b: trace_one(key, b))(branches))
+    return over_particles(expected), structure
+
+
+def _sum_out(per_branch: Particles) -> Particles:
+    """One particle's expected log weight over its enumerated sites, from its ``[B]`` branches:
+    ``log w(branch 0) + sum_sites sum_elements sum_b q(b) (cost(b) - cost(branch 0))``."""
+    first = jax.tree.map(lambda x: x[0], per_branch)
+    log_w = first.log_w
+    for name, cost in per_branch.enum_costs.items():
+        weight = per_branch.enum_weights[name]
+        ndim = max(weight.ndim, cost.ndim)
+        # Right-align the element axes of both, keeping the branch axis first.
+        align = lambda x, n=ndim: x.reshape(x.shape[:1] + (1,) * (n - x.ndim) + x.shape[1:])
+        log_w = log_w + jnp.sum(align(weight) * align(cost - cost[0]))
+    return Particles(log_w, log_w + first.log_q, first.log_q, first.score_log_q, first.costs)
