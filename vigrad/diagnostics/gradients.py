@@ -1,0 +1,260 @@
+"""Gradient diagnostics at fixed parameters: mean, variance, signal-to-noise and cost per estimate.
+
+An unbiased gradient estimator is judged by two numbers: how noisy one estimate is (its variance)
+and how long one estimate takes. At fixed parameters, ``M`` independent estimates ``g_1..g_M``
+(one key each, vectorised) give per coordinate the mean ``g_bar``, the variance ``s^2`` and the
+signal-to-noise ratio ``|g_bar| / s``. Averaging ``n`` estimates divides the variance by ``n`` and
+multiplies the time by ``n``, so ``variance x seconds`` is the variance one second of compute buys,
+inverted: the quantity to minimise when choosing between unbiased estimators (Glynn & Whitt 1992,
+"The asymptotic efficiency of simulation estimators").
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import biject_to
+from numpyro.handlers import replay, seed, substitute, trace
+
+from vigrad.estimators.assignment import Assignment
+from vigrad.estimators.base import Estimator
+from vigrad.objectives.base import Objective
+from vigrad.objectives.elbo import ELBO
+
+
+@dataclasses.dataclass
+class GradientStats:
+    """What :func:`gradient_variance` measured.
+
+    Attributes:
+        mean: parameter name -> mean of the gradient estimates (of the loss, the negative objective).
+        variance: parameter name -> per-coordinate variance of one estimate.
+        num_samples: number of independent estimates ``M`` behind the statistics.
+        num_particles: particles per estimate.
+        seconds: median wall time of one jitted estimate (compilation excluded), or ``None`` when
+            not measured.
+        unconstrained: whether gradients are with respect to the unconstrained parameters (as the
+            optimiser in :func:`vigrad.fit` sees them) or the constrained ones.
+        objective: name of the objective.
+    """
+
+    mean: dict[str, np.ndarray]
+    variance: dict[str, np.ndarray]
+    num_samples: int
+    num_particles: int
+    seconds: float | None
+    unconstrained: bool
+    objective: str
+
+    @property
+    def snr(self) -> dict[str, np.ndarray]:
+        """Per-coordinate signal-to-noise ratio ``|mean| / sd`` (``inf`` where the sd is 0)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return {k: np.abs(m) / np.sqrt(self.variance[k]) for k, m in self.mean.items()}
+
+    def total_variance(self, names: Any = None) -> float:
+        """Trace of the covariance of one estimate, over ``names`` (default: every parameter)."""
+        names = self.mean.keys() if names is None else names
+        return float(sum(np.sum(self.variance[n]) for n in names))
+
+    def total_snr(self, names: Any = None) -> float:
+        """``||mean|| / sqrt(trace of the covariance)`` over ``names`` (default: every parameter)."""
+        names = list(self.mean.keys() if names is None else names)
+        signal = float(np.sqrt(sum(np.sum(self.mean[n] ** 2) for n in names)))
+        noise = float(np.sqrt(self.total_variance(names)))
+        return signal / noise if noise > 0 else float("inf")
+
+    def __str__(self) -> str:
+        space = "unconstrained" if self.unconstrained else "constrained"
+        lines = [
+            f"Gradient of the {self.objective} loss ({space} parameters): {self.num_samples} "
+            f"estimates of {self.num_particles} particle(s) each"
+            + (f", {self.seconds * 1e3:.3g} ms per estimate" if self.seconds else ""),
+            f"  {'parameter':<24}{'size':>6}{'|mean|':>12}{'variance':>12}{'SNR':>10}",
+        ]
+        for name in self.mean:
+            lines.append(
+                f"  {name:<24}{np.size(self.mean[name]):>6}"
+                f"{np.linalg.norm(np.ravel(self.mean[name])):>12.4g}"
+                f"{self.total_variance([name]):>12.4g}{self.total_snr([name]):>10.3g}"
+            )
+        return "\n".join(lines)
+
+
+def make_objective(
+    objective: Any, num_particles: int, estimators: Mapping[str, Estimator] | None
+) -> Objective:
+    """The objective to measure, with ``estimators`` overriding its per-site assignment.
+
+    ``objective`` is ``None`` (the ELBO), an objective class or factory called as
+    ``objective(num_particles=..., estimators=...)``, or an objective instance, whose own particles
+    and settings are kept and whose mapping is updated with ``estimators``.
+    """
+    if objective is None:
+        return ELBO(num_particles=num_particles, estimators=dict(estimators or {}))
+    if isinstance(objective, Objective):
+        obj = copy.copy(objective)
+        old = objective.assignment
+        assignment = Assignment({**old.by_name, **dict(estimators or {})}, default=old.default)
+        assignment.by_site = old.by_site
+        obj.assignment = assignment
+        return obj
+    return objective(num_particles=num_particles, estimators=dict(estimators or {}))
+
+
+def param_constraints(
+    model: Callable, guide: Callable, params: Mapping[str, Any], args: tuple, kwargs: dict
+) -> dict[str, Any]:
+    """The constraint of every ``numpyro.param`` site of the guide and the model named in ``params``."""
+    found = {}
+
+    def run(params):
+        # Traced abstractly: only the sites' constraints are wanted, so nothing is computed.
+        guide_tr = trace(seed(substitute(guide, data=params), 0)).get_trace(*args, **kwargs)
+        model_fn = seed(replay(substitute(model, data=params), guide_tr), 0)
+        model_tr = trace(model_fn).get_trace(*args, **kwargs)
+        for tr in (guide_tr, model_tr):
+            for name, site in tr.items():
+                if site["type"] == "param" and name in params:
+                    found[name] = site["kwargs"].get("constraint", constraints.real)
+
+    jax.eval_shape(run, dict(params))
+    return found
+
+
+def _time_per_call(fn: Callable, repeats: int = 7, min_seconds: float = 0.01) -> float:
+    """Median over ``repeats`` of the wall time per call, each repeat long enough to be timed."""
+    jax.block_until_ready(fn())
+    calls, start = 0, time.perf_counter()
+    while True:
+        jax.block_until_ready(fn())
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds or calls >= 10_000:
+            break
+    per_repeat = calls
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(per_repeat):
+            out = fn()
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - start) / per_repeat)
+    return statistics.median(times)
+
+
+def gradient_variance(
+    model: Callable,
+    guide: Callable,
+    params: Mapping[str, Any],
+    estimators: Mapping[str, Estimator] | None = None,
+    *args: Any,
+    num_particles: int = 1,
+    num_samples: int = 256,
+    rng_key: jax.Array | None = None,
+    objective: Any = None,
+    unconstrained: bool = True,
+    warmup: int = 100,
+    measure_cost: bool = True,
+    batch_size: int = 256,
+    **kwargs: Any,
+) -> GradientStats:
+    """Mean, variance and signal-to-noise of each parameter's gradient, and the cost per estimate.
+
+    Args:
+        model, guide: NumPyro programs; ``*args`` and ``**kwargs`` are passed to both.
+        params: constrained parameter values (e.g. :attr:`vigrad.FitResult.params`); gradients are
+            taken with respect to these names.
+        estimators: site name -> estimator for the sites to set (others: the objective's own
+            assignment, by default Reparam where reparameterisable, else Score).
+        num_particles: particles per estimate (ignored when ``objective`` is an instance).
+        num_samples: number of independent estimates ``M``.
+        rng_key: key for the estimates (default ``jax.random.key(0)``).
+        objective: ``None`` for :class:`vigrad.ELBO`, an objective class, or an instance (see
+            :func:`make_objective`).
+        unconstrained: differentiate with respect to the unconstrained parameters, as the fit loop
+            does (default), or the constrained ones.
+        warmup: estimates run at ``params`` before measuring, to bring stateful control variates
+            (moving averages, learned baselines) to their steady state there; the state is then
+            held fixed, so every measured estimate sees the same baseline, independent of its sample.
+        measure_cost: time one jitted estimate (compiles a second function).
+        batch_size: estimates vectorised together (memory is ``batch_size`` gradients).
+
+    Returns:
+        A :class:`GradientStats`; its gradients are of the loss (the negative objective).
+    """
+    rng_key = jax.random.key(0) if rng_key is None else rng_key
+    obj = make_objective(objective, num_particles, estimators)
+    params = {k: jnp.asarray(v) for k, v in params.items()}
+    cons = param_constraints(model, guide, params, args, kwargs)
+    names = sorted(cons)
+    if not names:
+        raise ValueError(
+            "gradient_variance(): none of the given params is a numpyro.param site of the guide or "
+            f"the model (given: {sorted(params)})"
+        )
+    fixed = {k: v for k, v in params.items() if k not in cons}
+
+    def to_free(p):
+        return {n: biject_to(cons[n]).inv(p[n]) if unconstrained else p[n] for n in names}
+
+    def to_params(free):
+        if unconstrained:
+            free = {n: biject_to(cons[n])(free[n]) for n in names}
+        return {**fixed, **free}
+
+    free = to_free(params)
+    init_key, warm_key, key, sample_key = jax.random.split(rng_key, 4)
+    state = obj.init_state(init_key, params, model, guide, *args, **kwargs)
+
+    def loss_and_state(free, state, k):
+        return obj.loss_and_state(k, to_params(free), model, guide, args, kwargs, state)
+
+    if jax.tree.leaves(state) and warmup > 0:
+
+        @jax.jit
+        def warm(state, keys):
+            step = lambda s, k: (loss_and_state(free, s, k)[1], None)
+            return jax.lax.scan(step, state, keys)[0]
+
+        state = warm(state, jax.random.split(warm_key, int(warmup)))
+
+    def one(free, state, k):
+        return jax.grad(lambda f: loss_and_state(f, state, k)[0])(free)
+
+    @jax.jit
+    def many(free, state, keys):
+        if keys.shape[0] <= batch_size:
+            grads = jax.vmap(lambda k: one(free, state, k))(keys)
+        else:
+            grads = jax.lax.map(lambda k: one(free, state, k), keys, batch_size=batch_size)
+        m = keys.shape[0]
+        mean = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads)
+        var = jax.tree.map(lambda g, mu: jnp.sum((g - mu) ** 2, axis=0) / (m - 1), grads, mean)
+        return mean, var
+
+    if int(num_samples) < 2:
+        raise ValueError(f"num_samples must be at least 2, got {num_samples}")
+    mean, var = many(free, state, jax.random.split(sample_key, int(num_samples)))
+    seconds = None
+    if measure_cost:
+        single = jax.jit(one)
+        seconds = _time_per_call(lambda: single(free, state, key))
+    return GradientStats(
+        mean={n: np.asarray(mean[n]) for n in names},
+        variance={n: np.asarray(var[n]) for n in names},
+        num_samples=int(num_samples),
+        num_particles=int(obj.num_particles),
+        seconds=seconds,
+        unconstrained=unconstrained,
+        objective=type(obj).__name__,
+    )
