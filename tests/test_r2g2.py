@@ -1,0 +1,426 @@
+"""R2-G2 (vigrad.R2G2 with vigrad.nn): unbiasedness, equality with the local reparameterisation
+trick, the conjugate-gradient solve, and the errors where R2-G2 cannot apply.
+
+The unbiasedness models are Gaussian sites observed through a linear map with a Poisson (log-link)
+likelihood: the loss is nonlinear in the pre-activations, yet each pre-activation is Gaussian, so
+``E[y z - exp(z)] = y m - exp(m + v / 2)`` gives the ELBO and its gradient in closed form.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from jax.scipy.special import gammaln
+from unbiased import THRESHOLD, gradient_samples, max_abs_z
+
+import vigrad
+from vigrad.estimators.r2g2 import (
+    R2G2,
+    GaussianNoise,
+    LocalReparam,
+    conjugate_gradients,
+    projected_noise,
+    r2g2_map,
+)
+from vigrad.nn import Conv2d, Dense, conv2d, latent_linear, linear, local_reparam_linear
+
+jax.config.update("jax_enable_x64", True)
+
+M = 20_000
+
+
+def gaussian_entropy(scale):
+    return jnp.sum(0.5 * jnp.log(2 * jnp.pi * jnp.e * scale**2))
+
+
+def expected_log_normal_prior(loc, scale):
+    return jnp.sum(-0.5 * jnp.log(2 * jnp.pi) - 0.5 * (loc**2 + scale**2))
+
+
+def expected_poisson(y, mean, var):
+    return jnp.sum(y * mean - jnp.exp(mean + 0.5 * var) - gammaln(y + 1.0))
+
+
+# --- A weight site W [3, 2] used through x @ W with 2 rows: rank(A_j) = 2 < 3, so R2-G2 differs
+# from plain reparameterisation.
+XW = jnp.array([[0.6, -0.4, 0.9], [-0.3, 0.8, 0.5]])
+YW = jnp.array([[1.0, 0.0], [2.0, 1.0]])
+W_PARAMS = {
+    "loc": jnp.array([[0.2, -0.1], [0.3, 0.4], [-0.2, 0.1]]),
+    "scale": jnp.array([[0.7, 0.5], [0.9, 0.6], [0.4, 0.8]]),
+}
+
+
+def weight_model(x, y):
+    w = numpyro.sample("W", dist.Normal(0.0, 1.0).expand((3, 2)).to_event(2))
+    z = linear("W", x, w)
+    numpyro.sample("y", dist.Poisson(jnp.exp(z)).to_event(2), obs=y)
+
+
+def weight_guide(x, y):
+    loc, scale = numpyro.param("loc", W_PARAMS["loc"]), numpyro.param("scale", W_PARAMS["scale"])
+    numpyro.sample("W", dist.Normal(loc, scale).to_event(2))
+
+
+def weight_neg_elbo(p):
+    mean, var = XW @ p["loc"], XW**2 @ p["scale"] ** 2
+    lik = expected_poisson(YW, mean, var)
+    return -(lik + expected_log_normal_prior(p["loc"], p["scale"]) + gaussian_entropy(p["scale"]))
+
+
+# --- A latent site v [4, 3] (per example) used through v @ W with W [3, 2] a model parameter.
+YV = jnp.array([[1.0, 0.0], [0.0, 2.0], [3.0, 1.0], [1.0, 1.0]])
+V_PARAMS = {
+    "vloc": jnp.array([[0.1, -0.2, 0.3], [0.0, 0.4, -0.1], [0.2, 0.1, 0.0], [-0.3, 0.2, 0.1]]),
+    "vscale": jnp.array([[0.8, 0.5, 0.6], [0.7, 0.9, 0.4], [0.5, 0.6, 0.7], [0.9, 0.3, 0.8]]),
+    "Wdec": jnp.array([[0.5, -0.3], [0.2, 0.6], [-0.4, 0.3]]),
+}
+
+
+def latent_model(y):
+    w = numpyro.param("Wdec", V_PARAMS["Wdec"])
+    with numpyro.plate("data", y.shape[0]):
+        v = numpyro.sample("v", dist.Normal(0.0, 1.0).expand((3,)).to_event(1))
+        h = latent_linear("v", v, w)
+        numpyro.sample("y", dist.Poisson(jnp.exp(h)).to_event(1), obs=y)
+
+
+def latent_guide(y):
+    loc = numpyro.param("vloc", V_PARAMS["vloc"])
+    scale = numpyro.param("vscale", V_PARAMS["vscale"])
+    with numpyro.plate("data", y.shape[0]):
+        numpyro.sample("v", dist.Normal(loc, scale).to_event(1))
+
+
+def latent_neg_elbo(p):
+    mean, var = p["vloc"] @ p["Wdec"], p["vscale"] ** 2 @ p["Wdec"] ** 2
+    lik = expected_poisson(YV, mean, var)
+    return -(
+        lik + expected_log_normal_prior(p["vloc"], p["vscale"]) + gaussian_entropy(p["vscale"])
+    )
+
+
+# --- A 2x2 convolution kernel site [2, 2, 1, 2] on two 3x3 single-channel images (VALID padding).
+XC = jnp.array(
+    [
+        [[0.5, -0.2, 0.1], [0.3, 0.7, -0.4], [0.0, 0.2, 0.6]],
+        [[-0.1, 0.4, 0.2], [0.6, -0.3, 0.1], [0.2, 0.5, -0.2]],
+    ]
+)[..., None]
+YC = jnp.array(
+    [
+        [[[1.0, 0.0], [2.0, 1.0]], [[0.0, 1.0], [1.0, 3.0]]],
+        [[[2.0, 1.0], [0.0, 0.0]], [[1.0, 2.0], [1.0, 0.0]]],
+    ]
+)
+C_PARAMS = {
+    "cloc": jnp.array([[[[0.2, -0.1]], [[0.1, 0.3]]], [[[-0.2, 0.2]], [[0.3, 0.0]]]]),
+    "cscale": jnp.array([[[[0.6, 0.4]], [[0.5, 0.7]]], [[[0.8, 0.3]], [[0.4, 0.6]]]]),
+}
+
+
+def _conv(x, k):
+    return jax.lax.conv_general_dilated(
+        x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def conv_model(x, y):
+    k = numpyro.sample("K", dist.Normal(0.0, 1.0).expand((2, 2, 1, 2)).to_event(4))
+    z = conv2d("K", x, k, padding="VALID")
+    numpyro.sample("y", dist.Poisson(jnp.exp(z)).to_event(4), obs=y)
+
+
+def conv_guide(x, y):
+    loc, scale = (
+        numpyro.param("cloc", C_PARAMS["cloc"]),
+        numpyro.param("cscale", C_PARAMS["cscale"]),
+    )
+    numpyro.sample("K", dist.Normal(loc, scale).to_event(4))
+
+
+def conv_neg_elbo(p):
+    mean, var = _conv(XC, p["cloc"]), _conv(XC**2, p["cscale"] ** 2)
+    lik = expected_poisson(YC, mean, var)
+    return -(
+        lik + expected_log_normal_prior(p["cloc"], p["cscale"]) + gaussian_entropy(p["cscale"])
+    )
+
+
+CASES = {
+    "dense": (weight_model, weight_guide, (XW, YW), W_PARAMS, weight_neg_elbo, "W"),
+    "latent": (latent_model, latent_guide, (YV,), V_PARAMS, latent_neg_elbo, "v"),
+    "conv": (conv_model, conv_guide, (XC, YC), C_PARAMS, conv_neg_elbo, "K"),
+}
+
+
+def estimates(case, estimator, seed=0):
+    model, guide, args, params, _, site = CASES[case]
+    elbo = vigrad.ELBO(estimators={site: estimator})
+    loss = lambda key, p: elbo.loss(key, p, model, guide, *args)
+    return gradient_samples(loss, params, jax.random.PRNGKey(seed), M)
+
+
+@pytest.fixture(scope="module")
+def dense_samples():
+    return {
+        "r2g2": estimates("dense", R2G2()),
+        "rt": estimates("dense", vigrad.Reparam()),
+        "truncated": estimates("dense", R2G2(maxiter=1)),
+    }
+
+
+def test_closed_forms_match_monte_carlo():
+    # The closed-form ELBOs the z-tests differentiate, against vigrad's many-particle estimate.
+    for case in CASES.values():
+        model, guide, args, params, neg_elbo, site = case
+        elbo = vigrad.ELBO(num_particles=200_000, estimators={site: R2G2()})
+        value = elbo.loss(jax.random.PRNGKey(3), params, model, guide, *args)
+        assert abs(float(value) - float(neg_elbo(params))) < 0.05 * (
+            1 + abs(float(neg_elbo(params)))
+        )
+
+
+def test_r2g2_dense_unbiased_with_negative_control(dense_samples):
+    exact = jax.grad(weight_neg_elbo)(W_PARAMS)
+    assert max_abs_z(dense_samples["r2g2"], exact) < THRESHOLD
+    assert max_abs_z(dense_samples["rt"], exact) < THRESHOLD
+    # Negative control: one CG iteration does not reach the projection (rank 2), and the same
+    # test must reject it.
+    assert max_abs_z(dense_samples["truncated"], exact) > 2 * THRESHOLD
+
+
+def test_r2g2_lowers_variance_of_the_scale_gradient(dense_samples):
+    var = lambda g: float(np.sum(np.var(np.asarray(g["scale"]), axis=0)))
+    assert var(dense_samples["r2g2"]) < 0.9 * var(dense_samples["rt"])
+    # The loc gradient is the same estimator: R2-G2 only changes the noise in the scale gradient.
+    loc_var = lambda g: float(np.sum(np.var(np.asarray(g["loc"]), axis=0)))
+    assert abs(loc_var(dense_samples["r2g2"]) / loc_var(dense_samples["rt"]) - 1) < 0.1
+
+
+@pytest.mark.parametrize("case", ["latent", "conv"])
+def test_r2g2_unbiased_latent_and_conv(case):
+    _, _, _, params, neg_elbo, _ = CASES[case]
+    exact = jax.grad(neg_elbo)(params)
+    assert max_abs_z(estimates(case, R2G2(), seed=1), exact) < THRESHOLD
+    assert max_abs_z(estimates(case, R2G2(maxiter=1), seed=1), exact) > 2 * THRESHOLD
+
+
+# --- Equality with the local reparameterisation trick.
+
+
+def test_equals_local_reparameterisation_per_example():
+    """A dense layer with a weight draw per example: R2-G2's gradients (in loc, scale and the
+    inputs) equal the local reparameterisation trick's, with the matching pre-activation noise."""
+    key = jax.random.PRNGKey(4)
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    b, d_in, d_out = 5, 4, 3
+    x = jax.random.normal(k1, (b, d_in))
+    loc = 0.3 * jax.random.normal(k2, (d_in, d_out))
+    scale = jnp.exp(0.3 * jax.random.normal(k3, (d_in, d_out)))
+    eps = jax.random.normal(k4, (b, d_in, d_out))
+    targets = jnp.arange(b) % d_out
+
+    def loss(z):
+        return -jnp.sum(jax.nn.log_softmax(jnp.tanh(z) * 3.0)[jnp.arange(b), targets])
+
+    def r2g2_loss(loc, scale, x):
+        full = (b, d_in, d_out)
+        parts = GaussianNoise(jnp.broadcast_to(loc, full), jnp.broadcast_to(scale, full), eps)
+        return loss(r2g2_map(jnp.matmul, x[:, None, :], parts, (-2,))[:, 0, :])
+
+    # The pre-activation noise that the per-example weight noise induces.
+    xi = jnp.einsum("bi,ij,bij->bj", x, scale, eps) / jnp.sqrt(x**2 @ scale**2)
+
+    def lrt_loss(loc, scale, x):
+        return loss(local_reparam_linear(x, loc, scale, noise=xi))
+
+    assert np.allclose(r2g2_loss(loc, scale, x), lrt_loss(loc, scale, x), rtol=1e-12)
+    g_r2g2 = jax.grad(r2g2_loss, argnums=(0, 1, 2))(loc, scale, x)
+    g_lrt = jax.grad(lrt_loss, argnums=(0, 1, 2))(loc, scale, x)
+    for a, c in zip(g_r2g2, g_lrt, strict=True):
+        np.testing.assert_allclose(a, c, rtol=1e-10, atol=1e-12)
+    # And it is not plain reparameterisation.
+    rt = jax.grad(lambda s: loss(jnp.einsum("bi,bij->bj", x, loc + s * eps)))(scale)
+    assert not np.allclose(rt, g_r2g2[1], rtol=1e-3)
+
+
+def test_dense_layer_lrt_in_the_elbo_is_unbiased():
+    """LocalReparam through vigrad.nn.linear: per-row pre-activation sampling keeps the ELBO
+    gradient unbiased (same closed form as above, rows independent)."""
+    exact = jax.grad(weight_neg_elbo)(W_PARAMS)
+    assert max_abs_z(estimates("dense", LocalReparam(), seed=2), exact) < THRESHOLD
+
+
+# --- Conjugate gradients.
+
+
+def test_cg_converges_within_rank_iterations():
+    key = jax.random.PRNGKey(5)
+    n, d = 12, 20
+    for rank in (1, 3, 7):
+        k1, k2, k3, key = jax.random.split(key, 4)
+        a = jax.random.normal(k1, (n, rank)) @ jax.random.normal(k2, (rank, d))
+        eps = jax.random.normal(k3, (d,))
+        # Matrix-free: only products with A and A^T.
+        matvec = lambda beta, a=a: a @ (a.T @ beta)
+        result = conjugate_gradients(matvec, a @ eps, (0,), tol=1e-10, maxiter=n)
+        assert int(result.iterations) <= rank
+        assert float(result.residual) < 1e-10
+        projection = np.linalg.pinv(np.asarray(a)) @ np.asarray(a) @ np.asarray(eps)
+        np.testing.assert_allclose(a.T @ result.x, projection, atol=1e-8)
+
+
+def test_cg_solves_independent_systems_at_once():
+    key = jax.random.PRNGKey(6)
+    k1, k2, k3 = jax.random.split(key, 3)
+    x = jax.random.normal(k1, (3, 6))
+    scale = jnp.exp(jax.random.normal(k2, (6, 4)))
+    noise = jax.random.normal(k3, (6, 4))
+    eps_star, result = projected_noise(lambda u: x @ u, scale, noise, (0,))
+    assert int(result.iterations) <= 3
+    for j in range(4):
+        a = np.asarray(x * scale[:, j])
+        expected = np.linalg.pinv(a) @ a @ np.asarray(noise[:, j])
+        np.testing.assert_allclose(eps_star[:, j], expected, atol=1e-8)
+
+
+def test_gradients_do_not_flow_through_cg():
+    """The while loop of CG is not reverse-differentiable, so a gradient through it would fail to
+    trace; the scale gradient is x^T g times the stopped projected noise."""
+    x, loc, scale = XW, W_PARAMS["loc"], W_PARAMS["scale"]
+    noise = jax.random.normal(jax.random.PRNGKey(7), loc.shape)
+    g_out = jnp.array([[0.3, -0.2], [0.5, 0.1]])
+
+    def f(loc, scale, x):
+        return jnp.sum(g_out * r2g2_map(jnp.matmul, x, GaussianNoise(loc, scale, noise), (0,)))
+
+    g_loc, g_scale, g_x = jax.grad(f, argnums=(0, 1, 2))(loc, scale, x)
+    eps_star, _ = projected_noise(lambda u: x @ u, scale, noise, (0,))
+    np.testing.assert_allclose(g_loc, x.T @ g_out, atol=1e-12)
+    np.testing.assert_allclose(g_scale, (x.T @ g_out) * eps_star, atol=1e-12)
+    np.testing.assert_allclose(g_x, g_out @ (loc + scale * eps_star).T, atol=1e-12)
+    # The forward value is the plain map's.
+    value = r2g2_map(jnp.matmul, x, GaussianNoise(loc, scale, noise), (0,))
+    np.testing.assert_allclose(value, x @ (loc + scale * noise), atol=1e-12)
+
+
+# --- Layers.
+
+
+def test_layers_train_with_each_estimator():
+    x = jax.random.normal(jax.random.PRNGKey(8), (6, 5, 5, 1))
+    y = jnp.arange(6) % 3
+
+    def build(conv_est, dense_est):
+        conv = Conv2d("c1", 1, 2, kernel_size=3, estimator=conv_est)
+        dense = Dense("d1", 5 * 5 * 2, 3, estimator=dense_est)
+
+        def model(x, y):
+            h = jax.nn.relu(conv(x)).reshape(x.shape[0], -1)
+            logits = dense(h)
+            with numpyro.plate("data", x.shape[0]):
+                numpyro.sample("y", dist.Categorical(logits=logits), obs=y)
+
+        def guide(x, y):
+            conv.guide()
+            dense.guide()
+
+        return model, guide
+
+    import optax
+
+    for conv_est, dense_est in (("r2g2", "lrt"), ("rt", "r2g2")):
+        model, guide = build(conv_est, dense_est)
+        result = vigrad.fit(
+            model,
+            guide,
+            vigrad.ELBO(num_particles=2),
+            optax.adam(1e-2),
+            30,
+            jax.random.PRNGKey(0),
+            x,
+            y,
+            progress_bar=False,
+        )
+        assert np.all(np.isfinite(result.losses))
+        assert result.losses[-5:].mean() < result.losses[:5].mean()
+    # Outside vigrad the layers are plain maps: NumPyro's own ELBO runs them.
+    svi = numpyro.infer.SVI(model, guide, optax.adam(1e-2), numpyro.infer.Trace_ELBO())
+    state = svi.init(jax.random.PRNGKey(1), x, y)
+    assert np.isfinite(float(svi.evaluate(state, x, y)))
+
+
+# --- Errors.
+
+
+def _loss(model, guide, *args, estimators=None):
+    elbo = vigrad.ELBO(estimators=estimators)
+    params = {"loc": W_PARAMS["loc"], "scale": W_PARAMS["scale"]}
+    return elbo.loss(jax.random.PRNGKey(0), params, model, guide, *args)
+
+
+def test_error_non_gaussian_site():
+    def guide(x, y):
+        numpyro.sample("W", dist.LogNormal(numpyro.param("loc", W_PARAMS["loc"]), 1.0).to_event(2))
+
+    with pytest.raises(vigrad.EstimatorError, match=r"R2G2\(\) cannot serve site 'W'.*Gaussian"):
+        _loss(weight_model, guide, XW, YW, estimators={"W": R2G2()})
+
+
+def test_error_non_diagonal_site():
+    def model(x, y):
+        w = numpyro.sample("W", dist.MultivariateNormal(jnp.zeros(3), jnp.eye(3)))
+        numpyro.sample("y", dist.Normal(linear("W", x, w[:, None]), 1.0).to_event(2), obs=y[:, :1])
+
+    def guide(x, y):
+        numpyro.sample("W", dist.MultivariateNormal(numpyro.param("loc", jnp.zeros(3)), jnp.eye(3)))
+
+    with pytest.raises(vigrad.EstimatorError, match=r"site 'W'.*non-diagonal"):
+        _loss(model, guide, XW, YW, estimators={"W": R2G2()})
+
+
+def test_error_undeclared_map():
+    def model(x, y):
+        w = numpyro.sample("W", dist.Normal(0.0, 1.0).expand((3, 2)).to_event(2))
+        numpyro.sample("y", dist.Poisson(jnp.exp(x @ w)).to_event(2), obs=y)
+
+    with pytest.raises(
+        vigrad.EstimatorError, match=r"site 'W'.*never declared.*vigrad\.nn\.linear"
+    ):
+        _loss(model, weight_guide, XW, YW, estimators={"W": R2G2()})
+
+
+def test_error_site_used_outside_the_map():
+    def model(x, y):
+        w = numpyro.sample("W", dist.Normal(0.0, 1.0).expand((3, 2)).to_event(2))
+        z = linear("W", x, 2.0 * w)
+        numpyro.sample("y", dist.Poisson(jnp.exp(z)).to_event(2), obs=y)
+
+    with pytest.raises(vigrad.EstimatorError, match=r"site 'W'.*outside the declared map"):
+        _loss(model, weight_guide, XW, YW, estimators={"W": R2G2()})
+
+
+def test_error_site_consumed_by_two_maps():
+    def model(x, y):
+        w = numpyro.sample("W", dist.Normal(0.0, 1.0).expand((3, 2)).to_event(2))
+        z = linear("W", x[:1], w)
+        z2 = linear("W", x[1:], w)
+        numpyro.sample("y", dist.Poisson(jnp.exp(jnp.concatenate([z, z2]))).to_event(2), obs=y)
+
+    with pytest.raises(vigrad.EstimatorError, match=r"site 'W'.*more than one declared map"):
+        _loss(model, weight_guide, XW, YW, estimators={"W": R2G2()})
+
+
+def test_error_local_reparameterisation_on_conv():
+    with pytest.raises(vigrad.EstimatorError, match=r"Layer 'c'.*dense layers only"):
+        Conv2d("c", 1, 2, estimator="lrt")
+    with pytest.raises(vigrad.EstimatorError, match=r"LocalReparam\(\) on site 'K'.*R2G2"):
+        params = C_PARAMS
+        vigrad.ELBO(estimators={"K": LocalReparam()}).loss(
+            jax.random.PRNGKey(0), params, conv_model, conv_guide, XC, YC
+        )
+    with pytest.raises(vigrad.EstimatorError, match=r"unknown estimator 'reinforce'"):
+        Dense("d", 2, 2, estimator="reinforce")
