@@ -1,0 +1,263 @@
+"""Hierarchical VI objectives (HVI, IWHVI, DIWHVI) against exact gradients, with negative controls.
+
+The guide is hierarchical and Gaussian: ``u ~ N(mu, su)``, ``z | u ~ N(u, sz)``, so its marginal is
+``N(mu, sqrt(su^2 + sz^2))`` and the reverse model ``r(u | z) = N(a z + b, sr)`` can be the exact
+conditional. Exact answers:
+
+* HVI, any ``r``: closed form (Gaussian expectations).
+* IWHVI with ``M = 1``, any ``r``: Gauss-Hermite quadrature over the three standard normal draws.
+* At ``r = q(u | z)`` every ratio ``q(z, u_m) / r(u_m | z)`` is ``q(z)``, so IWHVI touches the
+  marginal ELBO and DIWHVI the marginal IWELBO from below: their gradient in the guide parameters is
+  the marginal bound's, and their gradient in ``r``'s parameters is zero.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from numpy.polynomial.hermite_e import hermegauss
+from unbiased import THRESHOLD, gradient_samples, max_abs_z
+
+import vigrad
+from vigrad.objectives.hvi import DIWHVI, HVI, IWHVI, with_reverse
+
+M = 20_000
+X = 1.3
+LOG2PI = jnp.log(2 * jnp.pi)
+GUIDE = {"mu": 0.4, "log_su": -0.2, "log_sz": -0.6}
+REVERSE = {"a": 0.5, "b": 0.1, "log_sr": -0.5}
+
+
+def model(x):
+    z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+    numpyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def guide(x):
+    mu = numpyro.param("mu", 0.0)
+    su = jnp.exp(numpyro.param("log_su", 0.0))
+    sz = jnp.exp(numpyro.param("log_sz", 0.0))
+    u = numpyro.sample("u", dist.Normal(mu, su))
+    numpyro.sample("z", dist.Normal(u, sz))
+
+
+def reverse(latents, x):
+    a, b = numpyro.param("a", 0.0), numpyro.param("b", 0.0)
+    sr = jnp.exp(numpyro.param("log_sr", 0.0))
+    numpyro.sample("u", dist.Normal(a * latents["z"] + b, sr))
+
+
+HMODEL = with_reverse(model, reverse)
+
+
+def params(g=GUIDE, r=REVERSE):
+    return jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), {**g, **r})
+
+
+def exact_conditional(g):
+    """Reverse parameters of ``q(u | z)`` for guide parameters ``g``."""
+    su2, sz2 = jnp.exp(2 * g["log_su"]), jnp.exp(2 * g["log_sz"])
+    k = su2 / (su2 + sz2)
+    return {"a": k, "b": g["mu"] * (1 - k), "log_sr": 0.5 * jnp.log(su2 * sz2 / (su2 + sz2))}
+
+
+def log_norm(v, m, s):
+    return -0.5 * LOG2PI - jnp.log(s) - 0.5 * ((v - m) / s) ** 2
+
+
+def log_p(z):
+    return log_norm(z, 0.0, 1.0) + log_norm(X, z, 1.0)
+
+
+def marginal_elbo(p):
+    s2 = jnp.exp(2 * p["log_su"]) + jnp.exp(2 * p["log_sz"])
+    e_log_p = -LOG2PI - 0.5 * (p["mu"] ** 2 + s2) - 0.5 * ((X - p["mu"]) ** 2 + s2)
+    return e_log_p + 0.5 * (LOG2PI + 1 + jnp.log(s2))
+
+
+def hvi_bound(p):
+    su, sz, sr = jnp.exp(p["log_su"]), jnp.exp(p["log_sz"]), jnp.exp(p["log_sr"])
+    s2 = su**2 + sz**2
+    e_log_p = -LOG2PI - 0.5 * (p["mu"] ** 2 + s2) - 0.5 * ((X - p["mu"]) ** 2 + s2)
+    a, b = p["a"], p["b"]
+    sq = (1 - a) ** 2 * su**2 + a**2 * sz**2 + ((1 - a) * p["mu"] - b) ** 2
+    e_log_r = -0.5 * LOG2PI - jnp.log(sr) - sq / (2 * sr**2)
+    entropy = LOG2PI + 1 + jnp.log(su) + jnp.log(sz)
+    return e_log_p + e_log_r + entropy
+
+
+NODES, WEIGHTS = hermegauss(30)
+WEIGHTS = WEIGHTS / np.sqrt(2 * np.pi)
+
+
+def grid(d):
+    e = np.stack(np.meshgrid(*([NODES] * d), indexing="ij"), -1).reshape(-1, d)
+    w = np.prod(np.stack(np.meshgrid(*([WEIGHTS] * d), indexing="ij"), -1).reshape(-1, d), -1)
+    return jnp.asarray(e), jnp.asarray(w)
+
+
+def iwhvi_one_inner(p):
+    """IWHVI with M = 1 by quadrature over (u_0 noise, z noise, u_1 noise)."""
+    e, w = grid(3)
+    su, sz, sr = jnp.exp(p["log_su"]), jnp.exp(p["log_sz"]), jnp.exp(p["log_sr"])
+    u0 = p["mu"] + su * e[:, 0]
+    z = u0 + sz * e[:, 1]
+    u1 = p["a"] * z + p["b"] + sr * e[:, 2]
+
+    def ratio(u):
+        lq = log_norm(u, p["mu"], su) + log_norm(z, u, sz)
+        return lq - log_norm(u, p["a"] * z + p["b"], sr)
+
+    log_q_hat = jnp.logaddexp(ratio(u0), ratio(u1)) - jnp.log(2.0)
+    return jnp.sum(w * (log_p(z) - log_q_hat))
+
+
+def marginal_iwelbo2(p):
+    """IWELBO with K = 2 under the marginal guide, by quadrature."""
+    e, w = grid(2)
+    s = jnp.sqrt(jnp.exp(2 * p["log_su"]) + jnp.exp(2 * p["log_sz"]))
+    z = p["mu"] + s * e
+    log_w = log_p(z) - log_norm(z, p["mu"], s)
+    return jnp.sum(w * (jax.nn.logsumexp(log_w, axis=1) - jnp.log(2.0)))
+
+
+class StoppedLatents(IWHVI):
+    """Negative control: the marginal estimate evaluated at latents with their path cut."""
+
+    def marginal_log_q(self, guide, reverse, latents, *rest):
+        stopped = jax.tree.map(jax.lax.stop_gradient, latents)
+        return super().marginal_log_q(guide, reverse, stopped, *rest)
+
+
+class StoppedLatentsD(DIWHVI):
+    def marginal_log_q(self, guide, reverse, latents, *rest):
+        stopped = jax.tree.map(jax.lax.stop_gradient, latents)
+        return super().marginal_log_q(guide, reverse, stopped, *rest)
+
+
+def z_score(objective, p, exact, seed=0, hmodel=HMODEL):
+    loss = lambda key, q: objective.loss(key, q, hmodel, guide, X)
+    grads = gradient_samples(loss, p, jax.random.key(seed), M)
+    return max_abs_z(grads, exact)
+
+
+def neg_grad(fn, p):
+    return jax.tree.map(lambda g: -g, jax.grad(fn)(p))
+
+
+def test_quadrature_converged():
+    p = params()
+    coarse = iwhvi_one_inner(p)
+    global NODES, WEIGHTS
+    saved = NODES, WEIGHTS
+    NODES, WEIGHTS = hermegauss(40)
+    WEIGHTS = WEIGHTS / np.sqrt(2 * np.pi)
+    try:
+        fine = iwhvi_one_inner(p)
+    finally:
+        NODES, WEIGHTS = saved
+    assert abs(float(fine - coarse)) < 1e-8
+    # At the exact reverse model the quadrature recovers the marginal ELBO.
+    g = params(r=exact_conditional(GUIDE))
+    assert np.isclose(float(iwhvi_one_inner(g)), float(marginal_elbo(g)), atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "estimators, k",
+    [
+        (None, 1),
+        ({"z": vigrad.PathGradient(), "u": vigrad.PathGradient()}, 1),
+        ({"z": vigrad.Score()}, 4),
+    ],
+    ids=["reparam", "path", "score-z-loo"],
+)
+def test_hvi_unbiased(estimators, k):
+    p = params()
+    exact = neg_grad(hvi_bound, p)
+    assert z_score(HVI(num_particles=k, estimators=estimators), p, exact) < THRESHOLD
+
+
+def test_hvi_rejects_joint_entropy_control():
+    """The same test rejects the guide's joint density without the reverse model."""
+    p = params()
+
+    def joint_only(latents, x):
+        numpyro.param("a", 0.0), numpyro.param("b", 0.0), numpyro.param("log_sr", 0.0)
+        numpyro.sample("u", dist.Normal(0.0, 1.0).mask(False))
+
+    exact = neg_grad(hvi_bound, p)
+    assert z_score(HVI(), p, exact, hmodel=with_reverse(model, joint_only)) > THRESHOLD
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_iwhvi_unbiased_against_quadrature(k):
+    p = params()
+    exact = neg_grad(iwhvi_one_inner, p)
+    assert z_score(IWHVI(num_inner=1, num_particles=k), p, exact) < THRESHOLD
+
+
+def test_iwhvi_score_site_unbiased():
+    p = params()
+    exact = neg_grad(iwhvi_one_inner, p)
+    objective = IWHVI(num_inner=1, num_particles=4, estimators={"z": vigrad.Score()})
+    assert z_score(objective, p, exact) < THRESHOLD
+
+
+def test_iwhvi_negative_control_rejected():
+    p = params()
+    exact = neg_grad(iwhvi_one_inner, p)
+    assert z_score(StoppedLatents(num_inner=1), p, exact) > THRESHOLD
+
+
+def test_iwhvi_touches_marginal_elbo_at_exact_reverse():
+    p = params(r=exact_conditional(GUIDE))
+    exact = {**neg_grad(marginal_elbo, p), **{n: 0.0 for n in REVERSE}}
+    assert z_score(IWHVI(num_inner=3), p, exact) < THRESHOLD
+    assert z_score(StoppedLatents(num_inner=3), p, exact) > THRESHOLD
+
+
+def test_diwhvi_touches_marginal_iwelbo_at_exact_reverse():
+    p = params(r=exact_conditional(GUIDE))
+    exact = {**neg_grad(marginal_iwelbo2, p), **{n: 0.0 for n in REVERSE}}
+    assert z_score(DIWHVI(num_inner=2, num_particles=2), p, exact) < THRESHOLD
+    assert z_score(StoppedLatentsD(num_inner=2, num_particles=2), p, exact) > THRESHOLD
+
+
+def test_iwhvi_without_inner_samples_is_hvi():
+    p = params()
+    key = jax.random.key(3)
+    a = IWHVI(num_inner=0, num_particles=5).loss(key, p, HMODEL, guide, X)
+    b = HVI(num_particles=5).loss(key, p, HMODEL, guide, X)
+    assert np.isclose(float(a), float(b), rtol=1e-10)
+
+
+def test_bounds_ordered_on_average():
+    """E[HVI] <= E[IWHVI_M] <= ELBO of the marginal guide, at a reverse model away from q(u | z)."""
+    p = params()
+    keys = jax.random.split(jax.random.key(4), 4000)
+    value = lambda obj: -float(jnp.mean(jax.vmap(lambda k: obj.loss(k, p, HMODEL, guide, X))(keys)))
+    hvi, iwhvi = value(HVI()), value(IWHVI(num_inner=8))
+    assert hvi < iwhvi < float(marginal_elbo(p))
+    assert np.isclose(hvi, float(hvi_bound(p)), atol=0.05)
+
+
+def test_errors():
+    p = params()
+    key = jax.random.key(0)
+    with pytest.raises(vigrad.ModelGuideMismatchError, match="with_reverse"):
+        IWHVI().loss(key, p, model, guide, X)
+    with pytest.raises(vigrad.ModelGuideMismatchError, match="with_reverse"):
+        HVI().loss(key, p, model, guide, X)
+    with pytest.raises(vigrad.EstimatorError, match="site 'z'.*PathGradient"):
+        IWHVI(estimators={"z": vigrad.PathGradient()}).loss(key, p, HMODEL, guide, X)
+
+    def discrete_reverse(latents, x):
+        numpyro.sample("u", dist.Laplace(latents["z"], 1.0).mask(True))
+        numpyro.sample("w", dist.Bernoulli(0.5))
+
+    with pytest.raises(vigrad.EstimatorError, match="'w'.*reparameterised"):
+        IWHVI().loss(key, p, with_reverse(model, discrete_reverse), guide, X)
+    with pytest.raises(ValueError, match="num_inner"):
+        IWHVI(num_inner=-1)
