@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,6 +27,7 @@ ESTIMATOR_NAMES: dict[str, str] = {
     "score-ma": "vigrad.Score(vigrad.MovingAverage(0.9))",
 }
 OBJECTIVE_NAMES = ("elbo", "iwelbo", "vimco", "renyi", "dreg")
+MAX_PRINTED_ELEMENTS = 24  # larger sites are summarised in summary.csv only
 
 
 def make_estimator(name: str):
@@ -72,43 +74,52 @@ def make_objective(name: str, num_particles: int, estimators: dict, alpha: float
     raise VigradError(f"Unknown objective '{name}'. Choose one of: {', '.join(OBJECTIVE_NAMES)}.")
 
 
-def _posterior(zm, params, data, num_draws: int, rng_key):
-    """Guide draws of every latent and deterministic site, and the log weights of the draws."""
+def _full_data(fn, zm, data):
+    """``fn`` with the zoo model's data plate (if it subsamples) set to every index."""
     import jax
-    from numpyro.infer import Predictive
-    from numpyro.infer.util import log_density
+    import jax.numpy as jnp
+    from numpyro.handlers import seed, substitute, trace
 
-    guide_key, model_key = jax.random.split(rng_key)
-    draws = Predictive(zm.guide, params=params, num_samples=num_draws)(guide_key, **data)
-    draws = {k: v for k, v in draws.items() if not k.startswith("_")}
-    observed = {k for k, v in data.items() if v is not None}
-    model_sites = Predictive(zm.model, posterior_samples=draws)(model_key, **data)
-    for name, value in model_sites.items():
-        if name not in draws and name not in observed:
-            draws[name] = value
-
-    def log_weight(latents):
-        log_p, _ = log_density(zm.model, (), data, latents)
-        log_q, _ = log_density(zm.guide, (), data, {**params, **latents})
-        return log_p - log_q
-
-    latent_names = _latent_sites(zm, data)
-    log_w = jax.vmap(log_weight)({k: draws[k] for k in latent_names})
-    return draws, log_w
-
-
-def _latent_sites(zm, data) -> list[str]:
-    import jax
-    from numpyro.handlers import seed, trace
-
+    if not zm.data_plate:
+        return fn
     tr = trace(seed(zm.model, jax.random.key(0))).get_trace(**data)
-    return [
-        name
-        for name, site in tr.items()
-        if site["type"] == "sample"
-        and not site["is_observed"]
-        and not site["infer"].get("is_auxiliary")
-    ]
+    if zm.data_plate not in tr:
+        return fn
+    return substitute(fn, data={zm.data_plate: jnp.arange(tr[zm.data_plate]["args"][0])})
+
+
+def _posterior(zm, params, data, num_draws: int, rng_key):
+    """Guide draws of every latent and deterministic model site, with their log weights
+    ``log p(x, z) - log q(z)`` (on all the data, when the model subsamples a data plate)."""
+    import jax
+    from numpyro.handlers import replay, seed, substitute, trace
+
+    model, guide = _full_data(zm.model, zm, data), _full_data(zm.guide, zm, data)
+
+    def log_density(tr, latent_only=False):
+        total = 0.0
+        for site in tr.values():
+            if site["type"] == "sample" and not (latent_only and site["is_observed"]):
+                lp = site["fn"].log_prob(site["value"]).sum()
+                total = total + (lp if site["scale"] is None else site["scale"] * lp)
+        return total
+
+    def draw(key):
+        guide_key, model_key = jax.random.split(key)
+        g = trace(seed(substitute(guide, data=params), guide_key)).get_trace(**data)
+        m = trace(seed(replay(substitute(model, data=params), g), model_key)).get_trace(**data)
+        values = {
+            name: site["value"]
+            for name, site in m.items()
+            if (site["type"] == "sample" and not site["is_observed"])
+            or site["type"] == "deterministic"
+        }
+        return values, log_density(m) - log_density(g, latent_only=True)
+
+    with warnings.catch_warnings():
+        # The data plate is evaluated on every index, not the subsample size it declares.
+        warnings.filterwarnings("ignore", message="subsample_size does not match")
+        return jax.jit(jax.vmap(draw))(jax.random.split(rng_key, num_draws))
 
 
 def khat_message(k: float) -> str:
@@ -245,7 +256,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     khat = float(khat)
     print()
     print(f"Posterior summary ({args.draws} guide draws):")
-    print(summary.to_string())
+    large = [k for k, v in posterior.items() if v[0, 0].size > MAX_PRINTED_ELEMENTS]
+    shown = summary.drop(index=[i for i in summary.index if i.split("[")[0] in large])
+    if len(shown):
+        print(shown.to_string())
+    if large:
+        print(
+            f"(in summary.csv only, more than {MAX_PRINTED_ELEMENTS} elements each: "
+            f"{', '.join(large)})"
+        )
     print()
     print(f"PSIS k-hat of the guide as an importance proposal: {khat:.2f} ({khat_message(khat)})")
     if zm.reference:

@@ -19,6 +19,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,12 @@ def list_models() -> list[str]:
 def _import_file(name: str, path: Path):
     spec = importlib.util.spec_from_file_location(f"vigrad_zoo_{name}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # Zoo files may share helpers in sibling files (e.g. ``_digits.py``).
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
     return module
 
 

@@ -1,0 +1,35 @@
+"""Bayesian logistic regression on the Wisconsin breast-cancer data (569 tumours, 30 features).
+
+    w_d ~ Normal(0, 1),  b ~ Normal(0, 5),  y_n ~ Bernoulli(sigmoid(x_n . w + b)).
+
+Features are standardised. The data ship with scikit-learn. The guide is a full-rank Gaussian
+(``AutoMultivariateNormal``): the coefficients of correlated features are correlated a posteriori.
+"""
+
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+from numpyro.infer.autoguide import AutoMultivariateNormal
+
+
+def load_data():
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    x = (data.data - data.data.mean(0)) / data.data.std(0)
+    return {"x": jnp.asarray(x, jnp.float32), "y": jnp.asarray(data.target, jnp.float32)}
+
+
+def model(x, y=None):
+    w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([x.shape[1]]).to_event(1))
+    b = numpyro.sample("b", dist.Normal(0.0, 5.0))
+    with numpyro.plate("data", x.shape[0]):
+        numpyro.sample("y", dist.Bernoulli(logits=x @ w + b), obs=y)
+
+
+guide = AutoMultivariateNormal(model)
+NUM_PARTICLES = 1
+STEPS = 3000
+LEARNING_RATE = 1e-2
+DATA_PLATE = "data"
+REFERENCE = "reference/logistic_regression.json"
