@@ -172,17 +172,6 @@ def dense_samples():
     }
 
 
-def test_closed_forms_match_monte_carlo():
-    # The closed-form ELBOs the z-tests differentiate, against vigrad's many-particle estimate.
-    for case in CASES.values():
-        model, guide, args, params, neg_elbo, site = case
-        elbo = vigrad.ELBO(num_particles=200_000, estimators={site: R2G2()})
-        value = elbo.loss(jax.random.PRNGKey(3), params, model, guide, *args)
-        assert abs(float(value) - float(neg_elbo(params))) < 0.05 * (
-            1 + abs(float(neg_elbo(params)))
-        )
-
-
 def test_r2g2_dense_unbiased_with_negative_control(dense_samples):
     exact = jax.grad(weight_neg_elbo)(W_PARAMS)
     assert max_abs_z(dense_samples["r2g2"], exact) < THRESHOLD
@@ -238,8 +227,8 @@ def test_equals_local_reparameterisation_per_example():
         return loss(local_reparam_linear(x, loc, scale, noise=xi))
 
     assert np.allclose(r2g2_loss(loc, scale, x), lrt_loss(loc, scale, x), rtol=1e-12)
-    g_r2g2 = jax.grad(r2g2_loss, argnums=(0, 1, 2))(loc, scale, x)
-    g_lrt = jax.grad(lrt_loss, argnums=(0, 1, 2))(loc, scale, x)
+    g_r2g2 = jax.jit(jax.grad(r2g2_loss, argnums=(0, 1, 2)))(loc, scale, x)
+    g_lrt = jax.jit(jax.grad(lrt_loss, argnums=(0, 1, 2)))(loc, scale, x)
     for a, c in zip(g_r2g2, g_lrt, strict=True):
         np.testing.assert_allclose(a, c, rtol=1e-10, atol=1e-12)
     # And it is not plain reparameterisation.
@@ -311,46 +300,39 @@ def test_gradients_do_not_flow_through_cg():
 
 
 def test_layers_train_with_each_estimator():
-    x = jax.random.normal(jax.random.PRNGKey(8), (6, 5, 5, 1))
-    y = jnp.arange(6) % 3
-
-    def build(conv_est, dense_est):
-        conv = Conv2d("c1", 1, 2, kernel_size=3, estimator=conv_est)
-        dense = Dense("d1", 5 * 5 * 2, 3, estimator=dense_est)
-
-        def model(x, y):
-            h = jax.nn.relu(conv(x)).reshape(x.shape[0], -1)
-            logits = dense(h)
-            with numpyro.plate("data", x.shape[0]):
-                numpyro.sample("y", dist.Categorical(logits=logits), obs=y)
-
-        def guide(x, y):
-            conv.guide()
-            dense.guide()
-
-        return model, guide
-
     import optax
 
-    for conv_est, dense_est in (("r2g2", "lrt"), ("rt", "r2g2")):
-        model, guide = build(conv_est, dense_est)
-        result = vigrad.fit(
-            model,
-            guide,
-            vigrad.ELBO(num_particles=2),
-            optax.adam(1e-2),
-            30,
-            jax.random.PRNGKey(0),
-            x,
-            y,
-            progress_bar=False,
-        )
-        assert np.all(np.isfinite(result.losses))
-        assert result.losses[-5:].mean() < result.losses[:5].mean()
+    x = jax.random.normal(jax.random.PRNGKey(8), (6, 5, 5, 1))
+    y = jnp.arange(6) % 3
+    conv = Conv2d("c1", 1, 2, kernel_size=3, estimator="r2g2")
+    hidden = Dense("d1", 5 * 5 * 2, 4, estimator="lrt")
+    out = Dense("d2", 4, 3, estimator="r2g2")
+    plain = Dense("d3", 4, 3, estimator="rt")
+
+    def model(x, y):
+        h = jax.nn.relu(conv(x)).reshape(x.shape[0], -1)
+        h = jnp.tanh(hidden(h))
+        logits = out(h) + plain(h)
+        with numpyro.plate("data", x.shape[0]):
+            numpyro.sample("y", dist.Categorical(logits=logits), obs=y)
+
+    def guide(x, y):
+        for layer in (conv, hidden, out, plain):
+            layer.guide()
+
+    svi = numpyro.infer.SVI(model, guide, optax.adam(3e-2), vigrad.ELBO(num_particles=2))
+    state = svi.init(jax.random.PRNGKey(0), x, y)
+    update = jax.jit(svi.update)
+    losses = []
+    for _ in range(40):
+        state, loss = update(state, x, y)
+        losses.append(float(loss))
+    assert np.all(np.isfinite(losses))
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])
     # Outside vigrad the layers are plain maps: NumPyro's own ELBO runs them.
-    svi = numpyro.infer.SVI(model, guide, optax.adam(1e-2), numpyro.infer.Trace_ELBO())
-    state = svi.init(jax.random.PRNGKey(1), x, y)
-    assert np.isfinite(float(svi.evaluate(state, x, y)))
+    plain_svi = numpyro.infer.SVI(model, guide, optax.adam(1e-2), numpyro.infer.Trace_ELBO())
+    plain_state = plain_svi.init(jax.random.PRNGKey(1), x, y)
+    assert np.isfinite(float(plain_svi.evaluate(plain_state, x, y)))
 
 
 # --- Errors.
@@ -376,7 +358,8 @@ def test_error_non_diagonal_site():
         numpyro.sample("y", dist.Normal(linear("W", x, w[:, None]), 1.0).to_event(2), obs=y[:, :1])
 
     def guide(x, y):
-        numpyro.sample("W", dist.MultivariateNormal(numpyro.param("loc", jnp.zeros(3)), jnp.eye(3)))
+        loc = numpyro.param("mvn_loc", jnp.zeros(3))
+        numpyro.sample("W", dist.MultivariateNormal(loc, jnp.eye(3)))
 
     with pytest.raises(vigrad.EstimatorError, match=r"site 'W'.*non-diagonal"):
         _loss(model, guide, XW, YW, estimators={"W": R2G2()})

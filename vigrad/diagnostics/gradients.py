@@ -40,8 +40,8 @@ class GradientStats:
         variance: parameter name -> per-coordinate variance of one estimate.
         num_samples: number of independent estimates ``M`` behind the statistics.
         num_particles: particles per estimate.
-        seconds: median wall time of one jitted estimate (compilation excluded), or ``None`` when
-            not measured.
+        seconds: median wall time of one call of the jitted estimate (compilation excluded,
+            Python dispatch included), over the ``M`` calls that produced the statistics.
         unconstrained: whether gradients are with respect to the unconstrained parameters (as the
             optimiser in :func:`vigrad.fit` sees them) or the constrained ones.
         objective: name of the objective.
@@ -51,7 +51,7 @@ class GradientStats:
     variance: dict[str, np.ndarray]
     num_samples: int
     num_particles: int
-    seconds: float | None
+    seconds: float
     unconstrained: bool
     objective: str
 
@@ -78,7 +78,7 @@ class GradientStats:
         lines = [
             f"Gradient of the {self.objective} loss ({space} parameters): {self.num_samples} "
             f"estimates of {self.num_particles} particle(s) each"
-            + (f", {self.seconds * 1e3:.3g} ms per estimate" if self.seconds else ""),
+            f", {self.seconds * 1e3:.3g} ms per estimate",
             f"  {'parameter':<24}{'size':>6}{'|mean|':>12}{'variance':>12}{'SNR':>10}",
         ]
         for name in self.mean:
@@ -131,25 +131,9 @@ def param_constraints(
     return found
 
 
-def _time_per_call(fn: Callable, repeats: int = 7, min_seconds: float = 0.01) -> float:
-    """Median over ``repeats`` of the wall time per call, each repeat long enough to be timed."""
-    jax.block_until_ready(fn())
-    calls, start = 0, time.perf_counter()
-    while True:
-        jax.block_until_ready(fn())
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds or calls >= 10_000:
-            break
-    per_repeat = calls
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(per_repeat):
-            out = fn()
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - start) / per_repeat)
-    return statistics.median(times)
+def _key_list(key: jax.Array, n: int) -> list[jax.Array]:
+    """``n`` independent keys as separate arrays, split once (not one slicing op per key)."""
+    return list(jax.random.split(key, n)) if n > 0 else []
 
 
 def gradient_variance(
@@ -164,8 +148,6 @@ def gradient_variance(
     objective: Any = None,
     unconstrained: bool = True,
     warmup: int = 100,
-    measure_cost: bool = True,
-    batch_size: int = 256,
     **kwargs: Any,
 ) -> GradientStats:
     """Mean, variance and signal-to-noise of each parameter's gradient, and the cost per estimate.
@@ -186,8 +168,6 @@ def gradient_variance(
         warmup: estimates run at ``params`` before measuring, to bring stateful control variates
             (moving averages, learned baselines) to their steady state there; the state is then
             held fixed, so every measured estimate sees the same baseline, independent of its sample.
-        measure_cost: time one jitted estimate (compiles a second function).
-        batch_size: estimates vectorised together (memory is ``batch_size`` gradients).
 
     Returns:
         A :class:`GradientStats`; its gradients are of the loss (the negative objective).
@@ -213,45 +193,38 @@ def gradient_variance(
         return {**fixed, **free}
 
     free = to_free(params)
-    init_key, warm_key, key, sample_key = jax.random.split(rng_key, 4)
+    init_key, warm_key, sample_key = jax.random.split(rng_key, 3)
     state = obj.init_state(init_key, params, model, guide, *args, **kwargs)
 
     def loss_and_state(free, state, k):
         return obj.loss_and_state(k, to_params(free), model, guide, args, kwargs, state)
 
-    if jax.tree.leaves(state) and warmup > 0:
-
-        @jax.jit
-        def warm(state, keys):
-            step = lambda s, k: (loss_and_state(free, s, k)[1], None)
-            return jax.lax.scan(step, state, keys)[0]
-
-        state = warm(state, jax.random.split(warm_key, int(warmup)))
-
-    def one(free, state, k):
-        return jax.grad(lambda f: loss_and_state(f, state, k)[0])(free)
-
     @jax.jit
-    def many(free, state, keys):
-        if keys.shape[0] <= batch_size:
-            grads = jax.vmap(lambda k: one(free, state, k))(keys)
-        else:
-            grads = jax.lax.map(lambda k: one(free, state, k), keys, batch_size=batch_size)
-        m = keys.shape[0]
-        mean = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads)
-        var = jax.tree.map(lambda g, mu: jnp.sum((g - mu) ** 2, axis=0) / (m - 1), grads, mean)
-        return mean, var
+    def step(free, state, k):
+        """One gradient estimate and the objective's next state: warm-up and measurement share
+        this one compiled function."""
+        return jax.grad(loss_and_state, has_aux=True)(free, state, k)
 
     if int(num_samples) < 2:
         raise ValueError(f"num_samples must be at least 2, got {num_samples}")
-    mean, var = many(free, state, jax.random.split(sample_key, int(num_samples)))
-    seconds = None
-    if measure_cost:
-        single = jax.jit(one)
-        seconds = _time_per_call(lambda: single(free, state, key))
+    if jax.tree.leaves(state):
+        for k in _key_list(warm_key, int(warmup)):
+            state = step(free, state, k)[1]
+    keys = _key_list(sample_key, int(num_samples))
+    jax.block_until_ready(step(free, state, keys[0]))
+    grads, times = [], []
+    for k in keys:
+        start = time.perf_counter()
+        g = jax.block_until_ready(step(free, state, k)[0])
+        times.append(time.perf_counter() - start)
+        grads.append(g)
+    stacked = {n: np.stack([np.asarray(g[n]) for g in grads]) for n in names}
+    mean = {n: np.mean(v, axis=0) for n, v in stacked.items()}
+    var = {n: np.var(v, axis=0, ddof=1) for n, v in stacked.items()}
+    seconds = statistics.median(times)
     return GradientStats(
-        mean={n: np.asarray(mean[n]) for n in names},
-        variance={n: np.asarray(var[n]) for n in names},
+        mean=mean,
+        variance=var,
         num_samples=int(num_samples),
         num_particles=int(obj.num_particles),
         seconds=seconds,

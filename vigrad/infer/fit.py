@@ -92,6 +92,16 @@ def init_params(
     call builds its prototype from concrete values, so that one call runs eagerly.
     """
     dynamic, static_key = _split_static(args, kwargs)
+    init, compiled_init, cons = _initialiser(model, guide, static_key)
+    builds_prototype = getattr(guide, "prototype_trace", False) is None
+    params = (init if builds_prototype else compiled_init)(rng_key, dynamic)
+    return params, dict(cons)
+
+
+@functools.lru_cache(maxsize=64)
+def _initialiser(model: Callable, guide: Callable, static_key: tuple) -> tuple:
+    """The function computing initial params, cached so that a second fit reuses its compilation,
+    and the constraints it records each time it is traced."""
     cons = {}
 
     def init(key, dynamic):
@@ -107,9 +117,7 @@ def init_params(
         # Strong dtypes, so the scan carry keeps one type across steps.
         return jax.tree.map(lambda x: jax.lax.convert_element_type(x, jnp.result_type(x)), params)
 
-    builds_prototype = getattr(guide, "prototype_trace", False) is None
-    params = init(rng_key, dynamic) if builds_prototype else jax.jit(init)(rng_key, dynamic)
-    return params, cons
+    return init, jax.jit(init), cons
 
 
 class _Same:
