@@ -45,6 +45,8 @@ class GradientStats:
         unconstrained: whether gradients are with respect to the unconstrained parameters (as the
             optimiser in :func:`vigrad.fit` sees them) or the constrained ones.
         objective: name of the objective.
+        timer: ``timer(n)`` re-times the same compiled estimate: the median wall time of ``n``
+            calls (used to interleave timings of several candidates).
     """
 
     mean: dict[str, np.ndarray]
@@ -54,6 +56,9 @@ class GradientStats:
     seconds: float
     unconstrained: bool
     objective: str
+    timer: Callable[[int], float] | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def snr(self) -> dict[str, np.ndarray]:
@@ -222,6 +227,15 @@ def gradient_variance(
     mean = {n: np.mean(v, axis=0) for n, v in stacked.items()}
     var = {n: np.var(v, axis=0, ddof=1) for n, v in stacked.items()}
     seconds = statistics.median(times)
+
+    def timer(n: int) -> float:
+        out = []
+        for k in keys[:n]:
+            start = time.perf_counter()
+            jax.block_until_ready(step(free, state, k)[0])
+            out.append(time.perf_counter() - start)
+        return statistics.median(out)
+
     return GradientStats(
         mean=mean,
         variance=var,
@@ -230,4 +244,5 @@ def gradient_variance(
         seconds=seconds,
         unconstrained=unconstrained,
         objective=type(obj).__name__,
+        timer=timer,
     )
