@@ -25,6 +25,7 @@ ESTIMATOR_NAMES: dict[str, str] = {
     "score": "vigrad.Score() (REINFORCE, Rao-Blackwellised)",
     "score-loo": "vigrad.Score(vigrad.LeaveOneOut())",
     "score-ma": "vigrad.Score(vigrad.MovingAverage(0.9))",
+    "enumerate": "vigrad.Enumerate() (exact sum, ELBO only)",
 }
 OBJECTIVE_NAMES = ("elbo", "iwelbo", "vimco", "renyi", "dreg")
 MAX_PRINTED_ELEMENTS = 24  # larger sites are summarised in summary.csv only
@@ -39,6 +40,7 @@ def make_estimator(name: str):
         "score": vigrad.Score,
         "score-loo": lambda: vigrad.Score(vigrad.LeaveOneOut()),
         "score-ma": lambda: vigrad.Score(vigrad.MovingAverage(0.9)),
+        "enumerate": vigrad.Enumerate,
     }
     if name not in makers:
         raise VigradError(
