@@ -23,7 +23,7 @@ from unbiased import THRESHOLD, gradient_samples, max_abs_z
 import vigrad
 from vigrad.objectives.hvi import DIWHVI, HVI, IWHVI, with_reverse
 
-M = 20_000
+M = 10_000
 X = 1.3
 LOG2PI = jnp.log(2 * jnp.pi)
 GUIDE = {"mu": 0.4, "log_su": -0.2, "log_sz": -0.6}
