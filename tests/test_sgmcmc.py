@@ -1,0 +1,292 @@
+"""SG-MCMC kernels and driver on models with closed-form posteriors."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+
+import vigrad.sgmcmc as sg
+from vigrad.errors import DataError
+from vigrad.sgmcmc.minibatch import Target
+
+jax.config.update("jax_enable_x64", True)
+
+N, PRIOR_SD, SIGMA = 200, 3.0, 1.0
+
+
+def gaussian_mean(x):
+    mu = numpyro.sample("mu", dist.Normal(jnp.zeros(2), PRIOR_SD).to_event(1))
+    with numpyro.plate("data", x.shape[0]):
+        numpyro.sample("obs", dist.Normal(mu, SIGMA).to_event(1), obs=numpyro.subsample(x, 1))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return jax.random.normal(jax.random.PRNGKey(0), (N, 2)) + jnp.array([1.0, -1.0])
+
+
+def posterior(x):
+    prec = 1 / PRIOR_SD**2 + x.shape[0] / SIGMA**2
+    return np.asarray(x.sum(0) / SIGMA**2 / prec), prec
+
+
+def sgld_stationary_variance(x, eps, batch):
+    """Exact stationary variance of SGLD on this model (an AR(1) chain per coordinate)."""
+    _, prec = posterior(x)
+    noise_var = x.shape[0] ** 2 / batch * np.asarray(x.var(0)) / SIGMA**4
+    rho = 1 - eps * prec / 2
+    return (eps + eps**2 * noise_var / 4) / (1 - rho**2), rho
+
+
+@dataclasses.dataclass(frozen=True)
+class HotSGLD(sg.SGLD):
+    """Negative control: BlackJAX's noise √(2ε) with this package's ε/2 drift (temperature 2)."""
+
+    def step(self, rng_key, state, grad_fn, step_size):
+        g = grad_fn(state.position)
+        z = jax.random.normal(rng_key, state.position["mu"].shape)
+        mu = state.position["mu"] + 0.5 * step_size * g["mu"] + jnp.sqrt(2 * step_size) * z
+        return sg.SGLDState({"mu": mu})
+
+
+SGLD_EPS, SGLD_BATCH, SGLD_STEPS, SGLD_CHAINS = 5e-4, 20, 4000, 16
+
+
+def run_sgld(kernel, x):
+    return sg.sample(
+        gaussian_mean, kernel, SGLD_STEPS, SGLD_BATCH, SGLD_CHAINS, jax.random.PRNGKey(1), x,
+        num_warmup=200, progress_bar=False,
+    )
+
+
+def stationary_z(draws, x):
+    """z-scores of the chains' mean and variance against SGLD's exact stationary law."""
+    m, _ = posterior(x)
+    var, rho = sgld_stationary_variance(x, SGLD_EPS, SGLD_BATCH)
+    n = draws.shape[0] * draws.shape[1]
+    mean_se = np.sqrt(var * (1 + rho) / ((1 - rho) * n))
+    var_se = var * np.sqrt(2 * (1 + rho**2) / ((1 - rho**2) * n))
+    z_mean = (draws.mean((0, 1)) - m) / mean_se
+    z_var = (draws.var((0, 1)) - var) / var_se
+    return np.concatenate([z_mean, z_var])
+
+
+@pytest.fixture(scope="module")
+def sgld_result(data):
+    return run_sgld(sg.SGLD(SGLD_EPS), data)
+
+
+def test_sgld_matches_its_exact_stationary_law(sgld_result, data):
+    draws = sgld_result.samples["mu"]
+    assert draws.shape == (SGLD_CHAINS, SGLD_STEPS, 2)
+    assert np.max(np.abs(stationary_z(draws, data))) < 4.5
+    # The stationary law is the posterior up to the documented step-size bias (here under 20%).
+    _, prec = posterior(data)
+    assert np.all(np.abs(draws.var((0, 1)) * prec - 1) < 0.2)
+
+
+def test_wrong_temperature_is_rejected(data):
+    draws = run_sgld(HotSGLD(SGLD_EPS), data).samples["mu"]
+    assert np.max(np.abs(stationary_z(draws, data))) > 4.5
+
+
+@pytest.mark.parametrize(
+    "kernel, tol_sd",
+    [
+        (sg.pSGLD(1e-2), 0.35),
+        (sg.SGHMC(2e-2, friction=20.0), 0.35),
+        (sg.SGLDCV(2e-4, mode_steps=300), 0.1),
+    ],
+    ids=["pSGLD", "SGHMC", "SGLDCV"],
+)
+def test_kernels_match_gaussian_posterior(kernel, tol_sd, data):
+    result = sg.sample(
+        gaussian_mean, kernel, 4000, 20, 4, jax.random.PRNGKey(2), data,
+        num_warmup=1000, thinning=2, progress_bar=False,
+    )
+    draws = result.samples["mu"]
+    assert draws.shape == (4, 2000, 2)
+    m, prec = posterior(data)
+    sd = prec**-0.5
+    # Mean within 0.25 posterior sd (Monte Carlo error + step bias); sd within the kernel's
+    # documented step-size bias.
+    assert np.all(np.abs(draws.mean((0, 1)) - m) < 0.25 * sd)
+    assert np.all(np.abs(draws.std((0, 1)) / sd - 1) < tol_sd)
+
+
+def gamma_precision(x):
+    tau = numpyro.sample("tau", dist.Gamma(2.0, 1.0))
+    with numpyro.plate("data", x.shape[0]) as idx:
+        numpyro.sample("obs", dist.Normal(0.0, tau**-0.5), obs=x[idx])
+
+
+def test_constrained_latent_uses_the_jacobian():
+    x = 0.5 * jax.random.normal(jax.random.PRNGKey(3), (20,))
+    a, b = 2.0 + 10, 1.0 + float(jnp.sum(x**2)) / 2
+    result = sg.sample(
+        gamma_precision, sg.SGLD(5e-3), 20000, 10, 4, jax.random.PRNGKey(4), x,
+        num_warmup=1000, thinning=5, progress_bar=False,
+    )
+    tau = result.samples["tau"]
+    assert tau.shape == (4, 4000)
+    # Without the log-Jacobian the mean would be (a - 1) / b, 8% lower.
+    assert abs(tau.mean() / (a / b) - 1) < 0.03
+    assert abs(tau.std() / (a**0.5 / b) - 1) < 0.1
+
+
+def test_minibatch_gradient_is_unbiased_with_negative_control(data):
+    target = Target(gaussian_mean, (data,), {}, jax.random.PRNGKey(0))
+    u = {"mu": jnp.array([0.3, -0.2])}
+    exact = target.grad(u, jnp.arange(N), (data,), {})["mu"]
+
+    def estimates(weight):
+        def one(key):
+            idx = sg.minibatch.minibatch_indices(key, N, 7)
+            return target.grad(u, idx, (data,), {}, lik_weight=weight)["mu"]
+
+        g = jax.jit(jax.vmap(one))(jax.random.split(jax.random.PRNGKey(5), 20000))
+        return np.max(np.abs((g.mean(0) - exact) / (g.std(0) / np.sqrt(g.shape[0]))))
+
+    assert estimates(1.0) < 4.5
+    # N/(n+1) instead of N/n.
+    assert estimates(7 / 8) > 4.5
+
+
+def test_conducive_gradient_has_zero_mean_over_shard_choice():
+    k, d = 5, 3
+    key = jax.random.PRNGKey(6)
+    means = jax.random.normal(key, (k, d))
+    a = jax.random.normal(jax.random.fold_in(key, 1), (k, d, d))
+    approx = sg.GaussianApprox(means, a @ jnp.swapaxes(a, 1, 2) + jnp.eye(d))
+    probs = jnp.array([0.1, 0.3, 0.2, 0.25, 0.15])
+    theta = jax.random.normal(jax.random.fold_in(key, 2), (d,))
+
+    def expectation(weights):
+        return sum(weights[s] * sg.conducive_gradient(approx, probs, s, theta) for s in range(k))
+
+    assert np.max(np.abs(expectation(probs))) < 1e-12
+    # Negative control: shards chosen uniformly while the gradient divides by f_s.
+    assert np.max(np.abs(expectation(jnp.full(k, 1 / k)))) > 1e-2
+
+
+def test_chunking_and_resume_do_not_change_the_draws(tmp_path, data):
+    kernel = sg.SGHMC(1e-2, friction=10.0)
+    common = dict(num_warmup=30, thinning=3, progress_bar=False)
+    key = jax.random.PRNGKey(7)
+    whole = sg.sample(gaussian_mean, kernel, 150, 8, 2, key, data, chunk_size=1000, **common)
+    path = tmp_path / "ckpt.pkl"
+    chunked = sg.sample(
+        gaussian_mean, kernel, 150, 8, 2, key, data, chunk_size=30, checkpoint_path=path, **common
+    )
+    np.testing.assert_allclose(chunked.samples["mu"], whole.samples["mu"], rtol=1e-12)
+    assert os.path.exists(path)
+    resumed = sg.sample(
+        gaussian_mean, kernel, 150, 8, 2, key, data, chunk_size=30, checkpoint_path=path,
+        resume=True, **common,
+    )
+    np.testing.assert_array_equal(resumed.samples["mu"], whole.samples["mu"])
+
+
+def test_to_inference_data(sgld_result):
+    idata = sgld_result.to_inference_data()
+    assert idata.posterior["mu"].shape == (SGLD_CHAINS, SGLD_STEPS, 2)
+    import arviz as az
+
+    assert float(az.rhat(idata)["mu"].max()) < 1.05
+
+
+def non_iid_shards(n_per=50):
+    """Four shards of 1-D Gaussian data with very different means."""
+    centres = jnp.array([-3.0, -1.0, 1.0, 3.0])
+    noise = jax.random.normal(jax.random.PRNGKey(8), (4, n_per))
+    x = (centres[:, None] + noise).reshape(-1, 1)
+    return x, jnp.repeat(jnp.arange(4), n_per)
+
+
+def gaussian_mean_1d(x):
+    mu = numpyro.sample("mu", dist.Normal(jnp.zeros(1), PRIOR_SD).to_event(1))
+    with numpyro.plate("data", x.shape[0]):
+        numpyro.sample("obs", dist.Normal(mu, SIGMA).to_event(1), obs=numpyro.subsample(x, 1))
+
+
+def test_fsgld_removes_dsgld_drift_on_non_iid_shards():
+    x, labels = non_iid_shards()
+    m, prec = posterior(x)
+    sd = prec**-0.5
+    out = {}
+    for name, cls in [("dsgld", sg.DSGLD), ("fsgld", sg.FSGLD)]:
+        kernel = cls(1e-3, shards=labels, local_steps=100)
+        r = sg.sample(
+            gaussian_mean_1d, kernel, 8000, 10, 4, jax.random.PRNGKey(9), x,
+            num_warmup=500, thinning=4, progress_bar=False,
+        )
+        out[name] = r.samples["mu"][..., 0]
+    # DSGLD follows each shard's posterior for 100 steps: several times over-dispersed.
+    assert out["dsgld"].std() > 3 * sd
+    assert abs(out["fsgld"].mean() - m[0]) < 0.5 * sd
+    assert abs(out["fsgld"].std() / sd - 1) < 0.3
+
+
+@pytest.mark.parametrize(
+    "shards",
+    [0, "abc", jnp.zeros(10, jnp.int32), [np.arange(100), np.arange(100)], jnp.ones(200)],
+    ids=["zero", "string", "short-labels", "overlap", "float-labels"],
+)
+def test_unknown_shard_layout(shards, data):
+    with pytest.raises(DataError, match="shard layout"):
+        sg.sample(gaussian_mean, sg.DSGLD(1e-3, shards=shards), 10, 5, 1, jax.random.PRNGKey(0),
+                  data, progress_bar=False)
+
+
+def no_plate(x):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    numpyro.sample("obs", dist.Normal(mu, 1.0), obs=x)
+
+
+def not_indexed(x):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    with numpyro.plate("data", x.shape[0]):
+        numpyro.sample("obs", dist.Normal(mu, 1.0), obs=x)
+
+
+def local_latent(x):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    with numpyro.plate("data", x.shape[0]):
+        z = numpyro.sample("z", dist.Normal(mu, 1.0))
+        numpyro.sample("obs", dist.Normal(z, 1.0), obs=numpyro.subsample(x, 0))
+
+
+@pytest.mark.parametrize(
+    "model, batch, match",
+    [
+        (no_plate, 5, "no data plate"),
+        (not_indexed, 5, "not indexed by the plate"),
+        (local_latent, 5, "inside the data plate"),
+        (gamma_precision, 50, "larger than the data plate"),
+    ],
+    ids=["no-plate", "not-indexed", "local-latent", "batch-too-large"],
+)
+def test_bad_models_and_batches(model, batch, match):
+    x = jnp.arange(20.0)
+    with pytest.raises(DataError, match=match):
+        sg.sample(model, sg.SGLD(1e-3), 10, batch, 1, jax.random.PRNGKey(0), x,
+                  progress_bar=False)
+
+
+def test_divergent_chain_is_reported(data):
+    with pytest.raises(sg.DivergentChainError, match="chain .* diverged at step .*smaller step"):
+        sg.sample(gaussian_mean, sg.SGLD(10.0), 200, 5, 2, jax.random.PRNGKey(0), data,
+                  progress_bar=False)
+
+
+def test_not_a_kernel(data):
+    with pytest.raises(TypeError, match="vigrad.sgmcmc kernel"):
+        sg.sample(gaussian_mean, object(), 10, 5, 1, jax.random.PRNGKey(0), data)

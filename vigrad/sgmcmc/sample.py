@@ -1,0 +1,270 @@
+"""The SG-MCMC driver: chains by ``vmap``, steps by ``lax.scan`` in compiled chunks.
+
+Step ``t`` of chain ``c`` draws its randomness from ``fold_in(chain_key[c], t)``, so a run does not
+depend on how it is cut into chunks and a run resumed from a checkpoint equals an uninterrupted one.
+Between chunks: the progress bar, the divergence check and the checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vigrad.errors import DataError
+from vigrad.infer.checkpoint import load_checkpoint, save_checkpoint
+from vigrad.infer.fit import _join_static, _split_static
+from vigrad.infer.progress import ChunkProgress
+from vigrad.sgmcmc.kernels import Kernel
+from vigrad.sgmcmc.minibatch import Target
+from vigrad.sgmcmc.results import DivergentChainError, SGMCMCResult
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _initial_positions(
+    target: Target, rng_key: jax.Array, num_chains: int, init_params: dict | None
+) -> dict[str, jax.Array]:
+    if init_params is None:
+        keys = jax.random.split(rng_key, len(target.names))
+        # As NumPyro's init_to_uniform: uniform on (-2, 2) in unconstrained space.
+        return {
+            n: jax.random.uniform(k, (num_chains, *target.shapes[n]), minval=-2.0, maxval=2.0)
+            for n, k in zip(target.names, keys)
+        }
+    missing = set(target.names) - set(init_params)
+    if missing:
+        raise KeyError(f"init_params has no value for latent site(s) {sorted(missing)}")
+    positions = {}
+    for n in target.names:
+        u = target.transforms[n].inv(jnp.asarray(init_params[n]))
+        if jnp.shape(u) == target.shapes[n]:
+            u = jnp.broadcast_to(u, (num_chains, *target.shapes[n]))
+        elif jnp.shape(u) != (num_chains, *target.shapes[n]):
+            raise ValueError(
+                f"init_params['{n}'] has shape {jnp.shape(init_params[n])}; expected the site's "
+                f"shape or (num_chains, ...) = ({num_chains}, ...)"
+            )
+        positions[n] = u
+    return positions
+
+
+def _chain_sharding(devices: int | Sequence[jax.Device], num_chains: int):
+    devs = jax.devices()[:devices] if isinstance(devices, int) else list(devices)
+    if num_chains % len(devs):
+        raise ValueError(
+            f"num_chains={num_chains} must be a multiple of the number of devices ({len(devs)})"
+        )
+    mesh = jax.sharding.Mesh(np.array(devs), ("chains",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("chains"))
+
+
+def _build_chunk(target: Target, kernel: Kernel, batch_size: int, static_key: tuple) -> Callable:
+    def one_step(states, t, chain_keys, aux, args, kwargs):
+        step_size = kernel.step_size_at(t)
+
+        def per_chain(state, chain_key):
+            grad_key, noise_key = jax.random.split(jax.random.fold_in(chain_key, t))
+
+            def grad_fn(position):
+                return kernel.gradient(
+                    target, aux, position, t, grad_key, chain_key, batch_size, args, kwargs
+                )
+
+            return kernel.step(noise_key, state, grad_fn, step_size)
+
+        return jax.vmap(per_chain)(states, chain_keys)
+
+    @functools.partial(jax.jit, static_argnums=(5, 6, 7))
+    def run(carry, start, chain_keys, aux, dynamic, n_outer, n_inner, collect):
+        args, kwargs = _join_static(dynamic, static_key)
+
+        def inner(j, carry, first):
+            states, bad = carry
+            t = first + j
+            states = one_step(states, t, chain_keys, aux, args, kwargs)
+            finite = jax.vmap(_all_finite)(states.position)
+            bad = jnp.where(~finite & (bad < 0), t, bad)
+            return states, bad
+
+        def outer(carry, i):
+            first = start + i * n_inner
+            carry = jax.lax.fori_loop(0, n_inner, lambda j, c: inner(j, c, first), carry)
+            draw = jax.vmap(target.constrain)(carry[0].position) if collect else None
+            return carry, draw
+
+        return jax.lax.scan(outer, carry, jnp.arange(n_outer, dtype=jnp.int32))
+
+    return run
+
+
+def sample(
+    model: Callable,
+    kernel: Kernel,
+    num_samples: int,
+    batch_size: int,
+    num_chains: int,
+    rng_key: jax.Array,
+    *args: Any,
+    num_warmup: int = 0,
+    thinning: int = 1,
+    progress_bar: bool = True,
+    checkpoint_path: str | os.PathLike | None = None,
+    resume: bool = False,
+    init_params: dict | None = None,
+    data_plate: str | None = None,
+    chunk_size: int | None = None,
+    devices: int | Sequence[jax.Device] | None = None,
+    **kwargs: Any,
+) -> SGMCMCResult:
+    """Run ``num_chains`` stochastic-gradient MCMC chains on a NumPyro model.
+
+    Example::
+
+        result = vigrad.sgmcmc.sample(model, vigrad.sgmcmc.SGLD(step_size=1e-4), num_samples=10_000,
+                                      batch_size=256, num_chains=4, rng_key=key, x=X, y=y)
+        idata = result.to_inference_data()
+
+    Args:
+        model: a NumPyro model whose observed sites sit in a data plate (``numpyro.plate``) and
+            index the data by it (``numpyro.subsample(x, event_dim=...)``); ``*args`` and
+            ``**kwargs`` are passed to it. Array arguments are traced, others are static.
+        kernel: :class:`SGLD`, :class:`pSGLD`, :class:`SGHMC`, :class:`SGLDCV`, :class:`DSGLD`,
+            :class:`FSGLD` or any :class:`Kernel`.
+        num_samples: steps after warm-up; every ``thinning``-th is kept, so each chain has
+            ``num_samples // thinning`` draws.
+        batch_size: data points per gradient estimate (drawn uniformly with replacement; the
+            likelihood is scaled by N / batch_size).
+        num_chains: independent chains, run together with ``vmap``.
+        rng_key: a JAX PRNG key.
+        num_warmup: burn-in steps, discarded.
+        progress_bar: a progress bar updated once per compiled chunk.
+        checkpoint_path: if given, the run's state is written there after every chunk.
+        resume: continue from ``checkpoint_path`` if it exists (identical to an uninterrupted run).
+        init_params: constrained starting values per latent site (site shape, or with a leading
+            chain axis). Default: uniform on (-2, 2) in unconstrained space, or the kernel's
+            centre (SGLD-CV).
+        data_plate: the plate to minibatch, when the observed sites share several plates.
+        chunk_size: steps per compiled chunk (default: a twentieth of the run).
+        devices: an int or a list of devices to split the chains over (``jax.sharding``);
+            ``num_chains`` must be a multiple of their number.
+
+    Returns:
+        :class:`SGMCMCResult` with ``samples[name]`` of shape ``(num_chains, num_draws, ...)``.
+
+    Raises:
+        DataError: no data plate, data not indexed by the plate, or a batch larger than the data.
+        DivergentChainError: a chain became NaN or infinite (names the chain and the step).
+    """
+    if not isinstance(kernel, Kernel):
+        raise TypeError(
+            "sample() needs a vigrad.sgmcmc kernel such as vigrad.sgmcmc.SGLD(step_size=1e-4), "
+            f"got {type(kernel).__name__}"
+        )
+    num_samples, num_warmup, thinning = int(num_samples), int(num_warmup), int(thinning)
+    num_chains, batch_size = int(num_chains), int(batch_size)
+    if num_samples < 1 or thinning < 1 or num_chains < 1 or num_warmup < 0 or batch_size < 1:
+        raise ValueError(
+            "num_samples, thinning, num_chains and batch_size must be at least 1 and num_warmup "
+            f"at least 0 (got {num_samples}, {thinning}, {num_chains}, {batch_size}, {num_warmup})"
+        )
+    num_draws = num_samples // thinning
+    if num_draws < 1:
+        raise ValueError(f"num_samples={num_samples} < thinning={thinning} keeps no draw")
+    dynamic, static_key = _split_static(args, kwargs)
+    init_key, prep_key, base_key = jax.random.split(rng_key, 3)
+    target = Target(model, args, kwargs, init_key, data_plate)
+    if batch_size > target.num_data:
+        raise DataError(
+            f"batch_size={batch_size} is larger than the data plate '{target.plate}' "
+            f"({target.num_data} points); use batch_size <= {target.num_data}"
+        )
+
+    positions = _initial_positions(target, init_key, num_chains, init_params)
+
+    def prepare(key, position, dynamic):
+        a, k = _join_static(dynamic, static_key)
+        return kernel.prepare(target, batch_size, key, position, a, k)
+
+    first = jax.tree.map(lambda x: x[0], positions)
+    aux = jax.jit(prepare)(prep_key, first, dynamic)
+    start_at = kernel.start(aux)
+    if start_at is not None and init_params is None:
+        positions = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_chains, *x.shape)), start_at)
+    states = jax.vmap(kernel.init)(positions)
+    chain_keys = jax.random.split(base_key, num_chains)
+    if devices is not None:
+        sharding = _chain_sharding(devices, num_chains)
+        states = jax.device_put(states, sharding)
+        chain_keys = jax.device_put(chain_keys, sharding)
+
+    total = num_warmup + num_draws * thinning
+    chunk = int(chunk_size or max(1, math.ceil(total / 20)))
+    step, draws = 0, []
+    if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
+        saved = load_checkpoint(checkpoint_path)
+        states, step, chain_keys, aux = (
+            saved["states"], saved["step"], saved["chain_keys"], saved["aux"]
+        )
+        draws = [saved["draws"]] if saved["draws"] is not None else []
+
+    run = _build_chunk(target, kernel, batch_size, static_key)
+    carry = (states, jnp.full((num_chains,), -1, jnp.int32))
+    with ChunkProgress(total, initial=step, desc="vigrad.sgmcmc", enabled=progress_bar) as bar:
+        while step < total:
+            if step < num_warmup:
+                n_outer, n_inner, collect = min(chunk, num_warmup - step), 1, False
+            else:
+                done = (step - num_warmup) // thinning
+                n_outer = min(max(1, chunk // thinning), num_draws - done)
+                n_inner, collect = thinning, True
+            carry, out = run(
+                carry, jnp.asarray(step, jnp.int32), chain_keys, aux, dynamic,
+                n_outer, n_inner, collect,
+            )
+            bad = np.asarray(carry[1])
+            if np.any(bad >= 0):
+                c = int(np.argmin(np.where(bad >= 0, bad, np.iinfo(np.int32).max)))
+                raise DivergentChainError(
+                    f"chain {c} diverged at step {int(bad[c])}: its position became NaN or "
+                    f"infinite. Use a smaller step size (now {kernel.step_size!r}) or a larger "
+                    "batch, or check the model for invalid values."
+                )
+            if collect:
+                draws.append(jax.tree.map(lambda x: np.swapaxes(np.asarray(x), 0, 1), out))
+            step += n_outer * n_inner
+            bar.update(n_outer * n_inner)
+            if checkpoint_path is not None:
+                save_checkpoint(
+                    checkpoint_path,
+                    {
+                        "states": carry[0],
+                        "step": step,
+                        "chain_keys": chain_keys,
+                        "aux": aux,
+                        "draws": _concat(draws),
+                    },
+                )
+    samples = _concat(draws)
+    return SGMCMCResult(
+        samples=samples,
+        state=carry[0],
+        aux=aux,
+        num_warmup=num_warmup,
+        num_steps=total,
+        thinning=thinning,
+    )
+
+
+def _concat(draws: list) -> dict | None:
+    if not draws:
+        return None
+    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *draws)
