@@ -1,0 +1,29 @@
+"""Diagnostics: ArviZ conversion, PSIS k-hat, gradient variance and estimator selection."""
+
+from vigrad.diagnostics.gradients import GradientStats, gradient_variance
+from vigrad.diagnostics.inference_data import to_inference_data
+from vigrad.diagnostics.plots import plot_comparison
+from vigrad.diagnostics.psis import khat_message, log_importance_weights, psis_khat, site_khats
+from vigrad.diagnostics.select import (
+    Comparison,
+    Selection,
+    compare_estimators,
+    default_candidates,
+    select_estimators,
+)
+
+__all__ = [
+    "Comparison",
+    "GradientStats",
+    "Selection",
+    "compare_estimators",
+    "default_candidates",
+    "gradient_variance",
+    "khat_message",
+    "log_importance_weights",
+    "plot_comparison",
+    "psis_khat",
+    "select_estimators",
+    "site_khats",
+    "to_inference_data",
+]

@@ -201,14 +201,20 @@ def draw_with_weights(
 
 
 def _observed(model: Callable, guide: Callable, params: dict, args: tuple, kwargs: dict) -> dict:
-    guide_tr = trace(seed(substitute(guide, data=params), 0)).get_trace(*args, **kwargs)
-    model_fn = seed(replay(substitute(model, data=params), guide_tr), 0)
-    model_tr = trace(model_fn).get_trace(*args, **kwargs)
-    return {
-        n: np.asarray(s["value"])
-        for n, s in model_tr.items()
-        if s["type"] == "sample" and s["is_observed"] and not n.startswith("_")
-    }
+    """The model's observed data, found by tracing abstractly (data are concrete constants there;
+    an observed value computed from parameters is not data and is left out)."""
+    found = {}
+
+    def run(params):
+        guide_tr = trace(seed(substitute(guide, data=params), 0)).get_trace(*args, **kwargs)
+        model_fn = seed(replay(substitute(model, data=params), guide_tr), 0)
+        for n, s in trace(model_fn).get_trace(*args, **kwargs).items():
+            concrete = not isinstance(s["value"], jax.core.Tracer)
+            if s["type"] == "sample" and s["is_observed"] and concrete and not n.startswith("_"):
+                found[n] = np.asarray(s["value"])
+
+    jax.eval_shape(run, params)
+    return found
 
 
 def site_khats(draws: Draws) -> dict[str, float]:

@@ -176,6 +176,20 @@ class Comparison:
         usable = [r for r in self.for_site(site) if r.usable and math.isfinite(r.efficiency_cost)]
         return min(usable, key=lambda r: (r.efficiency_cost, r.seconds or 0.0), default=None)
 
+    def select(self) -> Selection:
+        """Per site, the usable candidate with the lowest variance x cost, with the reasons."""
+        chosen: dict[str, Estimator] = {}
+        lines = [
+            f"Estimators chosen by measured variance x cost ({self.objective}, "
+            f"{self.num_particles} particle(s), {self.num_samples} estimates per candidate):"
+        ]
+        for site in self.sites:
+            best = self.best(site)
+            if best is not None:
+                chosen[site] = best.estimator
+            lines += _explain(site, self.for_site(site), best)
+        return Selection(chosen, "\n".join(lines), self)
+
     def __str__(self) -> str:
         head = (
             f"Gradient estimators per site ({self.objective}, {self.num_particles} particle(s) per "
@@ -410,16 +424,4 @@ def select_estimators(
         objective = vigrad.ELBO(estimators=choice.estimators)
     """
     comparison = compare_estimators(model, guide, params, candidates, *args, **kwargs)
-    chosen: dict[str, Estimator] = {}
-    lines = [
-        f"Estimators chosen by measured variance x cost ({comparison.objective}, "
-        f"{comparison.num_particles} particle(s), {comparison.num_samples} estimates per "
-        "candidate):"
-    ]
-    for site in comparison.sites:
-        rows = comparison.for_site(site)
-        best = comparison.best(site)
-        if best is not None:
-            chosen[site] = best.estimator
-        lines += _explain(site, rows, best)
-    return Selection(chosen, "\n".join(lines), comparison)
+    return comparison.select()

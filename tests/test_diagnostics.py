@@ -1,0 +1,293 @@
+"""Diagnostics: PSIS k-hat, InferenceData, gradient statistics and estimator selection.
+
+The conjugate Gaussian model (z ~ N(0, 1), x_i ~ N(z, 1)) has a Gaussian posterior, a closed-form
+ELBO and evidence, so the log weights, the gradient mean and the k-hat of an exact guide are known.
+"""
+
+import dataclasses
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+import pytest
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import biject_to
+
+import vigrad
+from vigrad.diagnostics import (
+    compare_estimators,
+    gradient_variance,
+    khat_message,
+    plot_comparison,
+    psis_khat,
+    select_estimators,
+    site_khats,
+    to_inference_data,
+)
+from vigrad.diagnostics.psis import draw_with_weights
+
+jax.config.update("jax_enable_x64", True)
+
+X = jnp.array([0.5, 1.0, 1.5])
+N = X.shape[0]
+POST = {"loc": jnp.sum(X) / (N + 1), "scale": jnp.sqrt(1.0 / (N + 1))}
+
+
+def model(x):
+    z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+    with numpyro.plate("n", x.shape[0]):
+        numpyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def guide(x):
+    loc = numpyro.param("loc", 0.0)
+    scale = numpyro.param("scale", 1.0, constraint=constraints.positive)
+    numpyro.sample("z", dist.Normal(loc, scale))
+
+
+def exact_elbo(loc, scale, x=X):
+    log2pi = jnp.log(2 * jnp.pi)
+    prior = -0.5 * log2pi - 0.5 * (loc**2 + scale**2)
+    lik = jnp.sum(-0.5 * log2pi - 0.5 * ((x - loc) ** 2 + scale**2))
+    entropy = 0.5 * jnp.log(2 * jnp.pi * jnp.e * scale**2)
+    return prior + lik + entropy
+
+
+def exact_loss_grad(params):
+    """Gradient of the negative ELBO in the unconstrained parameters (as fit sees them)."""
+    to_pos = biject_to(constraints.positive)
+
+    def neg(u):
+        return -exact_elbo(u["loc"], to_pos(u["scale"]))
+
+    u = {"loc": jnp.asarray(params["loc"]), "scale": to_pos.inv(params["scale"])}
+    return jax.grad(neg)(u)
+
+
+def log_evidence(x=X):
+    cov = jnp.eye(N) + jnp.ones((N, N))
+    return dist.MultivariateNormal(jnp.zeros(N), cov).log_prob(x)
+
+
+def z_scores(stats, exact):
+    return np.concatenate(
+        [
+            np.ravel(
+                (stats.mean[n] - np.asarray(exact[n]))
+                / np.sqrt(stats.variance[n] / stats.num_samples)
+            )
+            for n in exact
+        ]
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class StoppedLogQ(vigrad.Estimator):
+    """Negative control: stops the whole log q term, dropping its dependence on z (biased)."""
+
+    def sample(self, fn, rng_key, sample_shape):
+        return fn.rsample(rng_key, sample_shape)
+
+    def log_q(self, fn, value):
+        return jax.lax.stop_gradient(fn.log_prob(value))
+
+
+# -- PSIS ----------------------------------------------------------------------------------------
+
+
+def test_log_weights_of_the_exact_guide_are_the_log_evidence():
+    draws = draw_with_weights(model, guide, POST, X, num_samples=200, rng_key=jax.random.key(1))
+    np.testing.assert_allclose(draws.log_weights, log_evidence(), rtol=0, atol=1e-10)
+    assert draws.values["z"].shape == (200,)
+    np.testing.assert_allclose(draws.observed["x"], X)
+    assert psis_khat(draws.log_weights) < 0.5
+    assert all(k < 0.5 for k in site_khats(draws).values())
+
+
+def test_khat_small_for_a_close_guide_and_large_for_a_narrow_one():
+    key = jax.random.key(0)
+    close = {"loc": POST["loc"] + 0.05, "scale": POST["scale"] * 1.1}
+    # Two posterior sds off and five times too narrow: the weights' tail is far too heavy.
+    narrow = {"loc": POST["loc"] + 1.0, "scale": POST["scale"] * 0.2}
+    good = draw_with_weights(model, guide, close, X, num_samples=2000, rng_key=key)
+    bad = draw_with_weights(model, guide, narrow, X, num_samples=2000, rng_key=key)
+    assert psis_khat(good.log_weights) < 0.5
+    assert psis_khat(bad.log_weights) > 0.7
+    assert site_khats(bad)["z"] > 0.7
+    assert khat_message(psis_khat(bad.log_weights)).startswith("bad")
+
+
+def test_psis_khat_on_known_tails():
+    rng = np.random.default_rng(0)
+    light = rng.normal(size=4000) * 0.5
+    # Weights from a generalised Pareto with shape 0.9: k-hat should find a heavy tail.
+    u = rng.uniform(size=4000)
+    heavy = np.log(((1 - u) ** -0.9 - 1) / 0.9)
+    assert psis_khat(light) < 0.5
+    assert psis_khat(heavy) > 0.7
+    batched = psis_khat(np.stack([light, heavy]))
+    assert batched.shape == (2,) and batched[0] < 0.5 < 0.7 < batched[1]
+    assert psis_khat(np.zeros(100)) == -np.inf
+    assert psis_khat(np.r_[light[:99], np.nan]) == np.inf
+    with pytest.raises(ValueError, match="at least 2 draws"):
+        psis_khat(np.zeros(1))
+
+
+@pytest.mark.parametrize(
+    "k, start", [(-np.inf, "good"), (0.2, "good"), (0.5, "ok"), (0.69, "ok"), (0.7, "bad")]
+)
+def test_khat_message_thresholds(k, start):
+    assert khat_message(k).startswith(start)
+
+
+# -- InferenceData -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return vigrad.fit(
+        model, guide, vigrad.ELBO(), optax.adam(0.05), 200, jax.random.key(3), X, progress_bar=False
+    )
+
+
+def test_inference_data_round_trip_to_netcdf(fitted, tmp_path):
+    idata = to_inference_data(
+        fitted, model=model, guide=guide, args=(X,), num_samples=300, rng_key=jax.random.key(4)
+    )
+    assert set(idata.groups()) >= {"posterior", "sample_stats", "observed_data", "loss"}
+    z = idata.posterior["z"].values
+    assert z.shape == (1, 300)
+    # The draws come from the fitted guide.
+    loc, scale = float(fitted.params["loc"]), float(fitted.params["scale"])
+    assert abs(z.mean() - loc) < 5 * scale / np.sqrt(300)
+    attrs = idata.posterior.attrs
+    assert attrs["psis_khat"] == psis_khat(idata.sample_stats["log_weight"].values[0])
+    assert attrs["psis_khat_message"] == khat_message(attrs["psis_khat"])
+    assert "psis_khat_z" in attrs and attrs["num_steps"] == 200
+
+    path = tmp_path / "fit.nc"
+    idata.to_netcdf(str(path))
+    back = az.from_netcdf(str(path))
+    np.testing.assert_array_equal(back.posterior["z"].values, z)
+    np.testing.assert_array_equal(back.loss["loss"].values, fitted.losses)
+    np.testing.assert_array_equal(
+        back.sample_stats["log_weight"].values, idata.sample_stats["log_weight"].values
+    )
+    np.testing.assert_allclose(back.observed_data["x"].values, X)
+    assert back.posterior.attrs["psis_khat"] == attrs["psis_khat"]
+
+
+def test_inference_data_delegates_and_explains(fitted):
+    class Samples:
+        def to_inference_data(self):
+            return "converted"
+
+    assert to_inference_data(Samples()) == "converted"
+    with pytest.raises(ValueError, match="needs the model and the guide"):
+        to_inference_data(fitted)
+    with pytest.raises(TypeError, match="FitResult"):
+        to_inference_data(object())
+
+
+# -- Gradient statistics -------------------------------------------------------------------------
+
+OFF = {"loc": jnp.asarray(0.2), "scale": jnp.asarray(0.8)}
+
+
+@pytest.mark.parametrize(
+    "estimator, unbiased",
+    [
+        (vigrad.Reparam(), True),
+        (vigrad.Score(vigrad.MovingAverage()), True),
+        (StoppedLogQ(), False),
+    ],
+    ids=["Reparam", "Score-MovingAverage", "negative-control"],
+)
+def test_gradient_mean_matches_the_exact_gradient(estimator, unbiased):
+    stats = gradient_variance(
+        model,
+        guide,
+        OFF,
+        {"z": estimator},
+        X,
+        num_samples=3000,
+        rng_key=jax.random.key(5),
+    )
+    z = z_scores(stats, exact_loss_grad(OFF))
+    assert (np.max(np.abs(z)) < 4.5) == unbiased, z
+    assert stats.seconds > 0 and set(stats.snr) == {"loc", "scale"}
+
+
+@pytest.fixture(scope="module")
+def selection():
+    return select_estimators(
+        model, guide, POST, X, num_samples=300, rng_key=jax.random.key(6), timing_rounds=2
+    )
+
+
+def test_variance_ordering_at_the_posterior(selection):
+    rows = {r.name: r for r in selection.comparison.for_site("z")}
+    assert set(rows) == {"Reparam", "PathGradient", "Score", "Score(MovingAverage)"}
+    assert all(r.usable for r in rows.values())
+    assert rows["PathGradient"].variance < 1e-20
+    assert rows["PathGradient"].variance < rows["Reparam"].variance < rows["Score"].variance
+    assert rows["Reparam"].parameters == ("loc", "scale")
+
+
+def test_select_picks_path_gradient_at_the_posterior(selection, tmp_path):
+    estimators, report = selection
+    assert estimators == {"z": vigrad.PathGradient()}
+    assert report.splitlines()[1].startswith("z: PathGradient")
+    table = str(selection.comparison)
+    line = next(ln for ln in table.splitlines() if "PathGradient" in ln)
+    assert line.endswith("*")
+    fig_path = tmp_path / "comparison.png"
+    plot_comparison(selection.comparison, fig_path)
+    assert fig_path.read_bytes()[:4] == b"\x89PNG"
+
+
+def mixture_model(x):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    with numpyro.plate("n", x.shape[0]):
+        c = numpyro.sample("c", dist.Bernoulli(logits=mu))
+        numpyro.sample("x", dist.Normal(2.0 * c - 1.0, 1.0), obs=x)
+
+
+def mixture_guide(x):
+    loc = numpyro.param("loc", 0.0)
+    scale = numpyro.param("scale", 1.0, constraint=constraints.positive)
+    numpyro.sample("mu", dist.Normal(loc, scale))
+    probs = numpyro.param("probs", jnp.full(x.shape, 0.5), constraint=constraints.unit_interval)
+    with numpyro.plate("n", x.shape[0]):
+        numpyro.sample("c", dist.Bernoulli(probs))
+
+
+def test_select_never_picks_an_estimator_that_cannot_serve_the_site():
+    params = {"loc": 0.3, "scale": 0.7, "probs": jnp.array([0.3, 0.6, 0.8])}
+    candidates = {
+        "c": [vigrad.Reparam(), vigrad.PathGradient(), vigrad.Enumerate(), vigrad.Score()],
+        # Leave-one-out needs two particles; with one it fails when traced, not in check().
+        "mu": [vigrad.Score(vigrad.LeaveOneOut()), vigrad.Reparam()],
+    }
+    estimators, report = select_estimators(
+        mixture_model,
+        mixture_guide,
+        params,
+        X,
+        candidates=candidates,
+        num_samples=200,
+        rng_key=jax.random.key(7),
+        timing_rounds=1,
+    )
+    assert estimators == {"c": vigrad.Enumerate(), "mu": vigrad.Reparam()}
+    assert "Reparam: cannot serve it (Reparam() cannot serve site 'c'" in report
+    assert "Score(LeaveOneOut): cannot serve it" in report and "2 particles" in report
+
+
+def test_compare_rejects_unknown_sites():
+    with pytest.raises(vigrad.VigradError, match="not sampled sites of the guide"):
+        compare_estimators(model, guide, POST, {"w": [vigrad.Reparam()]}, X)
