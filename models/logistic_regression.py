@@ -23,8 +23,11 @@ def load_data():
 def model(x, y=None):
     w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([x.shape[1]]).to_event(1))
     b = numpyro.sample("b", dist.Normal(0.0, 5.0))
+    # numpyro.subsample: the plate's minibatch of the data when it subsamples (SG-MCMC).
     with numpyro.plate("data", x.shape[0]):
-        numpyro.sample("y", dist.Bernoulli(logits=x @ w + b), obs=y)
+        xb = numpyro.subsample(x, event_dim=1)
+        yb = None if y is None else numpyro.subsample(y, event_dim=0)
+        numpyro.sample("y", dist.Bernoulli(logits=xb @ w + b), obs=yb)
 
 
 guide = AutoMultivariateNormal(model)

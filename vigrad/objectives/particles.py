@@ -133,8 +133,10 @@ class _GuideTraceContext(Messenger):
         super().__init__(fn)
 
     def process_message(self, msg: dict) -> None:
+        if msg["type"] != "sample" or msg["is_observed"]:
+            return  # e.g. numpyro.subsample messages, which have no site name
         site = self.guide_trace.get(msg["name"])
-        if msg["type"] == "sample" and not msg["is_observed"] and site is not None:
+        if site is not None:
             _check_shape(msg["name"], msg["fn"], msg["kwargs"]["sample_shape"], site["value"])
 
     def __enter__(self):
