@@ -170,10 +170,22 @@ class R2G2(_GaussianSite):
             (the size of one system), at which CG has converged in exact arithmetic.
         tol: relative residual at which CG stops (per system, ``|r| <= tol |b|``); ``None`` picks
             ``1e-6`` in float32 and ``1e-10`` in float64.
+        per_example: for weight sites (dense and convolutional maps), draw the weight noise of the
+            map afresh for each example (row of the inputs), as the local reparameterisation trick
+            does, and condition on each example's pre-activations. The site's own draw still
+            serves its prior and guide densities. Unbiased because each example's likelihood term
+            depends on the weights' marginal only; this is where R2-G2 equals the local trick on
+            dense layers and beats plain reparameterisation most, since one example's outputs see
+            fewer directions of the weights than a whole batch's.
     """
 
     maxiter: int | None = None
     tol: float | None = None
+    per_example: bool = False
+
+    @property
+    def draws_map_noise(self) -> bool:  # type: ignore[override]
+        return self.per_example
 
 
 @dataclasses.dataclass(frozen=True)

@@ -93,6 +93,15 @@ def linear(site: str, x: jax.Array, w: jax.Array) -> jax.Array:
         )
     if isinstance(estimator, LocalReparam):
         return local_reparam_linear(x, parts.loc, parts.scale, parts.key)
+    if estimator.per_example:
+        if w.ndim != 2:
+            raise EstimatorError(
+                f"R2G2(per_example=True) on site '{site}': needs one weight matrix, got {w.shape}."
+            )
+        rows = x[..., None, :]
+        parts = _per_example(parts, rows.shape[:-2])
+        out = r2g2_map(jnp.matmul, rows, parts, (-2,), estimator.tol, estimator.maxiter)
+        return out[..., 0, :]
     if w.ndim == 2:
         axes = tuple(range(max(x.ndim, 1) - 1))
     else:
@@ -141,7 +150,21 @@ def conv2d(
         return apply(x, w)
     estimator, parts = declared
     _refuse_local(estimator, site, "vigrad.nn.conv2d")
+    if estimator.per_example:
+        one = lambda inputs, kernel: apply(inputs[None], kernel)[0]
+        per_row = jax.vmap(one)
+        parts = _per_example(parts, x.shape[:1])
+        return r2g2_map(per_row, x, parts, (1, 2), estimator.tol, estimator.maxiter)
     return r2g2_map(apply, x, parts, (0, 1, 2), estimator.tol, estimator.maxiter)
+
+
+def _per_example(parts: GaussianNoise, batch: tuple[int, ...]) -> GaussianNoise:
+    """The site's loc and scale broadcast over ``batch``, with fresh weight noise per example."""
+    shape = tuple(batch) + parts.loc.shape
+    noise = jax.random.normal(parts.key, shape, parts.noise.dtype)
+    return GaussianNoise(
+        jnp.broadcast_to(parts.loc, shape), jnp.broadcast_to(parts.scale, shape), noise
+    )
 
 
 def local_reparam_linear(
