@@ -29,6 +29,7 @@ from vigrad.diagnostics import (
     to_inference_data,
 )
 from vigrad.diagnostics.psis import draw_with_weights
+from vigrad.diagnostics.select import default_candidates, estimator_name
 
 jax.config.update("jax_enable_x64", True)
 
@@ -291,3 +292,49 @@ def test_select_never_picks_an_estimator_that_cannot_serve_the_site():
 def test_compare_rejects_unknown_sites():
     with pytest.raises(vigrad.VigradError, match="not sampled sites of the guide"):
         compare_estimators(model, guide, POST, {"w": [vigrad.Reparam()]}, X)
+
+
+@dataclasses.dataclass(frozen=True)
+class Broken(vigrad.Estimator):
+    """An estimator whose sampler fails: its row records the error, the others still count."""
+
+    def sample(self, fn, rng_key, sample_shape):
+        raise RuntimeError("sampler exploded")
+
+
+def test_a_failing_candidate_is_reported_not_chosen():
+    selection = select_estimators(
+        model,
+        guide,
+        OFF,
+        X,
+        candidates={"z": [Broken(), vigrad.Reparam()]},
+        num_samples=50,
+        timing_rounds=0,
+    )
+    assert selection.estimators == {"z": vigrad.Reparam()}
+    broken = selection.comparison.for_site("z")[0]
+    assert broken.failed and not broken.usable and "sampler exploded" in broken.reason
+    assert "error: RuntimeError: sampler exploded" in str(selection.comparison)
+
+
+def test_default_candidates():
+    names = lambda ests: [estimator_name(e) for e in ests]
+    normal, bernoulli = dist.Normal(0.0, 1.0), dist.Bernoulli(0.5)
+    assert names(default_candidates(normal)) == [
+        "Reparam",
+        "PathGradient",
+        "Score",
+        "Score(MovingAverage)",
+    ]
+    assert names(default_candidates(bernoulli, 4)) == [
+        "Enumerate",
+        "Score(LeaveOneOut)",
+        "Score(MovingAverage)",
+    ]
+    # Inside multi-sample objectives the plain path gradient is biased and enumeration undefined.
+    assert names(default_candidates(normal, 4, expected_log_weight=False)) == [
+        "Reparam",
+        "Score",
+        "Score(MovingAverage)",
+    ]

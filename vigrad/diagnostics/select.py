@@ -45,19 +45,34 @@ def estimator_name(estimator: Estimator) -> str:
     return f"{name}({cv_name})"
 
 
-def default_candidates(fn: Any, num_particles: int = 1) -> list[Estimator]:
+def default_candidates(
+    fn: Any, num_particles: int = 1, expected_log_weight: bool = True
+) -> list[Estimator]:
     """The estimators worth trying on a site whose guide distribution is ``fn``.
 
-    Reparam and PathGradient where ``fn`` has a reparameterised sampler; Enumerate where it has a
-    finite support; Score without a baseline (with ``K = 1``), Score with leave-one-out (``K > 1``;
-    plain ``Score()`` is the same estimator then) and Score with a moving average.
+    * Reparam where ``fn`` has a reparameterised sampler, and PathGradient too when the objective
+      is an expectation of the log weight (the ELBO): inside multi-sample objectives such as
+      IWELBO the plain path gradient is biased (use :class:`vigrad.DReG` there);
+    * Enumerate where ``fn`` has a finite support, for the ELBO;
+    * Score: with the ELBO and ``K > 1`` particles as ``Score(LeaveOneOut())`` (which is what
+      ``Score()`` means then), otherwise ``Score()`` with the objective's own default baseline;
+    * Score with a moving-average baseline.
+
+    Args:
+        fn: the site's guide distribution.
+        num_particles: particles per estimate ``K``.
+        expected_log_weight: whether the objective is an expectation of the log weight
+            (``Objective.linear_in_log_weights``, true for :class:`vigrad.ELBO`).
     """
     out: list[Estimator] = []
     if getattr(fn, "has_rsample", False):
-        out += [Reparam(), PathGradient()]
-    if getattr(fn, "has_enumerate_support", False):
+        out.append(Reparam())
+        if expected_log_weight:
+            out.append(PathGradient())
+    if expected_log_weight and getattr(fn, "has_enumerate_support", False):
         out.append(Enumerate())
-    out.append(Score(LeaveOneOut()) if num_particles > 1 else Score())
+    loo = expected_log_weight and num_particles > 1
+    out.append(Score(LeaveOneOut()) if loo else Score())
     out.append(Score(MovingAverage()))
     return out
 
@@ -120,6 +135,8 @@ class Row:
         name: its readable name.
         usable: whether it can serve the site.
         reason: why not (when not usable).
+        failed: the measurement raised an unexpected error (``reason`` holds it), rather than
+            the estimator declining the site.
         variance: trace of the covariance of one estimate of the gradient of the site's own
             parameters (``parameters``).
         snr: ``||mean|| / sqrt(variance)`` over the same parameters.
@@ -134,6 +151,7 @@ class Row:
     name: str
     usable: bool
     reason: str | None = None
+    failed: bool = False
     variance: float = math.nan
     snr: float = math.nan
     total_variance: float = math.nan
@@ -220,8 +238,11 @@ class Comparison:
                         f"{_fmt(ms, '.3g'):>9}{_fmt(cost, '.3g'):>11} {mark}"
                     )
                 else:
-                    reason = (r.reason or "").split(". ")[0].split(": ", 1)[-1]
-                    cells = f"  cannot serve: {reason[:70]}"
+                    if r.failed:
+                        cells = f"  error: {(r.reason or '')[:70]}"
+                    else:
+                        reason = (r.reason or "").split(". ")[0].split(": ", 1)[-1]
+                        cells = f"  cannot serve: {reason[:70]}"
                 lines.append(f"{label:<{widths[0]}}{r.name:<{widths[1]}}{cells}".rstrip())
         return "\n".join(lines)
 
@@ -253,7 +274,8 @@ def compare_estimators(
         model, guide: NumPyro programs; ``*args`` and ``**kwargs`` are passed to both.
         params: constrained parameter values at which to measure (e.g. a fit's ``params``).
         candidates: site name -> estimators to try; only the sites named are compared. ``None``
-            compares every sampled guide site with :func:`default_candidates`.
+            compares every sampled guide site with :func:`default_candidates`. Every candidate
+            must be unbiased for the objective: the comparison measures variance, not bias.
         estimators: the estimators of the other sites while one site is varied (default: the
             objective's assignment, by default Reparam where reparameterisable, else Score).
         num_particles, num_samples, rng_key, objective, unconstrained, warmup: as
@@ -285,7 +307,10 @@ def compare_estimators(
         if candidates is not None and site not in candidates:
             continue
         fn = msg["fn"]
-        tried = list(candidates[site]) if candidates is not None else default_candidates(fn, k)
+        if candidates is not None:
+            tried = list(candidates[site])
+        else:
+            tried = default_candidates(fn, k, bool(getattr(obj, "linear_in_log_weights", False)))
         fixed = (msg.get("infer") or {}).get("estimator")
         site_params = tuple(sorted(own.get(site, frozenset())))
         for est in tried:
@@ -315,6 +340,10 @@ def compare_estimators(
                 )
             except VigradError as err:
                 row.reason = str(err)
+                continue
+            except Exception as err:  # noqa: BLE001 (one failing candidate must not hide the rest)
+                row.reason = f"{type(err).__name__}: {err}".split("\n")[0]
+                row.failed = True
                 continue
             variance, snr, total = _usable_stats(stats, site_params)
             row.usable = math.isfinite(variance)
@@ -374,7 +403,8 @@ def _explain(site: str, rows: list[Row], best: Row | None) -> list[str]:
         if r is best:
             continue
         if not r.usable:
-            lines.append(f"  {r.name}: cannot serve it ({r.reason})")
+            what = "failed to measure" if r.failed else "cannot serve it"
+            lines.append(f"  {r.name}: {what} ({r.reason})")
             continue
         if best is None:
             continue
