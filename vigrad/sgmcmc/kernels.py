@@ -213,8 +213,14 @@ class SGLDCV(SGLD):
             theta = target.unconstrain(self.centre)
         else:
             theta = _find_mode(
-                target, batch_size, rng_key, position, args, kwargs,
-                self.mode_steps, self.mode_learning_rate,
+                target,
+                batch_size,
+                rng_key,
+                position,
+                args,
+                kwargs,
+                self.mode_steps,
+                self.mode_learning_rate,
             )
         all_idx = jnp.arange(target.num_data)
         full = jax.jit(lambda u, a, k: target.grad(u, all_idx, a, k, prior_weight=0.0))

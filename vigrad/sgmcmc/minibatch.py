@@ -87,9 +87,7 @@ class Target:
         sites = {s["name"]: s for s in latent}
         self.transforms = {n: biject_to(sites[n]["fn"].support) for n in self.names}
         self.event_dims = {n: len(sites[n]["fn"].event_shape) for n in self.names}
-        self.shapes = {
-            n: jnp.shape(self.transforms[n].inv(sites[n]["value"])) for n in self.names
-        }
+        self.shapes = {n: jnp.shape(self.transforms[n].inv(sites[n]["value"])) for n in self.names}
         self.dtypes = {n: jnp.result_type(float) for n in self.names}
         self._check_subsampled(args, kwargs)
 

@@ -83,8 +83,10 @@ def _build_chunk(target: Target, kernel: Kernel, batch_size: int, static_key: tu
 
         return jax.vmap(per_chain)(states, chain_keys)
 
-    @functools.partial(jax.jit, static_argnums=(5, 6, 7))
-    def run(carry, start, chain_keys, aux, dynamic, n_outer, n_inner, collect):
+    @functools.partial(jax.jit, static_argnums=(7,))
+    def run(carry, start, n_outer, n_inner, chain_keys, aux, dynamic, buffer_size):
+        # Trip counts are traced, so warm-up, sampling and a short last chunk share one compile;
+        # draws go into a buffer of static size (indices past it are clamped and ignored).
         args, kwargs = _join_static(dynamic, static_key)
 
         def inner(j, carry, first):
@@ -95,13 +97,19 @@ def _build_chunk(target: Target, kernel: Kernel, batch_size: int, static_key: tu
             bad = jnp.where(~finite & (bad < 0), t, bad)
             return states, bad
 
-        def outer(carry, i):
+        def outer(i, loop):
+            carry, buffer = loop
             first = start + i * n_inner
             carry = jax.lax.fori_loop(0, n_inner, lambda j, c: inner(j, c, first), carry)
-            draw = jax.vmap(target.constrain)(carry[0].position) if collect else None
-            return carry, draw
+            draw = jax.vmap(target.constrain)(carry[0].position)
+            buffer = jax.tree.map(
+                lambda b, d: jax.lax.dynamic_update_index_in_dim(b, d, i, 0), buffer, draw
+            )
+            return carry, buffer
 
-        return jax.lax.scan(outer, carry, jnp.arange(n_outer, dtype=jnp.int32))
+        draw = jax.eval_shape(jax.vmap(target.constrain), carry[0].position)
+        buffer = jax.tree.map(lambda d: jnp.zeros((buffer_size, *d.shape), d.dtype), draw)
+        return jax.lax.fori_loop(0, n_outer, outer, (carry, buffer))
 
     return run
 
@@ -208,11 +216,15 @@ def sample(
 
     total = num_warmup + num_draws * thinning
     chunk = int(chunk_size or max(1, math.ceil(total / 20)))
+    chunk_draws = max(1, chunk // thinning)
     step, draws = 0, []
     if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
         saved = load_checkpoint(checkpoint_path)
         states, step, chain_keys, aux = (
-            saved["states"], saved["step"], saved["chain_keys"], saved["aux"]
+            saved["states"],
+            saved["step"],
+            saved["chain_keys"],
+            saved["aux"],
         )
         draws = [saved["draws"]] if saved["draws"] is not None else []
 
@@ -224,11 +236,11 @@ def sample(
                 n_outer, n_inner, collect = min(chunk, num_warmup - step), 1, False
             else:
                 done = (step - num_warmup) // thinning
-                n_outer = min(max(1, chunk // thinning), num_draws - done)
+                n_outer = min(chunk_draws, num_draws - done)
                 n_inner, collect = thinning, True
+            i32 = functools.partial(jnp.asarray, dtype=jnp.int32)
             carry, out = run(
-                carry, jnp.asarray(step, jnp.int32), chain_keys, aux, dynamic,
-                n_outer, n_inner, collect,
+                carry, i32(step), i32(n_outer), i32(n_inner), chain_keys, aux, dynamic, chunk_draws
             )
             bad = np.asarray(carry[1])
             if np.any(bad >= 0):
@@ -239,7 +251,9 @@ def sample(
                     "batch, or check the model for invalid values."
                 )
             if collect:
-                draws.append(jax.tree.map(lambda x: np.swapaxes(np.asarray(x), 0, 1), out))
+                draws.append(
+                    jax.tree.map(lambda x: np.swapaxes(np.asarray(x)[:n_outer], 0, 1), out)
+                )
             step += n_outer * n_inner
             bar.update(n_outer * n_inner)
             if checkpoint_path is not None:
