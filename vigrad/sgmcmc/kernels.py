@@ -32,7 +32,10 @@ GradFn = Callable[[Any], Any]
 def _normal_like(rng_key: jax.Array, tree: Any) -> Any:
     leaves, treedef = jax.tree.flatten(tree)
     keys = jax.random.split(rng_key, len(leaves))
-    noise = [jax.random.normal(k, jnp.shape(x), jnp.result_type(x)) for k, x in zip(keys, leaves)]
+    noise = [
+        jax.random.normal(k, jnp.shape(x), jnp.result_type(x))
+        for k, x in zip(keys, leaves, strict=True)
+    ]
     return jax.tree.unflatten(treedef, noise)
 
 

@@ -38,7 +38,7 @@ def _initial_positions(
         # As NumPyro's init_to_uniform: uniform on (-2, 2) in unconstrained space.
         return {
             n: jax.random.uniform(k, (num_chains, *target.shapes[n]), minval=-2.0, maxval=2.0)
-            for n, k in zip(target.names, keys)
+            for n, k in zip(target.names, keys, strict=True)
         }
     missing = set(target.names) - set(init_params)
     if missing:
@@ -252,7 +252,7 @@ def sample(
                 )
             if collect:
                 draws.append(
-                    jax.tree.map(lambda x: np.swapaxes(np.asarray(x)[:n_outer], 0, 1), out)
+                    jax.tree.map(lambda x, n=n_outer: np.swapaxes(np.asarray(x)[:n], 0, 1), out)
                 )
             step += n_outer * n_inner
             bar.update(n_outer * n_inner)
