@@ -2,6 +2,7 @@
 
 import importlib.util
 import math
+import re
 from pathlib import Path
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "noisy_cone.py"
@@ -25,3 +26,15 @@ def test_noisy_cone_runs_shortened(capsys):
         # 1 / sqrt(2 pi 0.1^2) ~ 4, and the prior mass is spread over a scale of 10.
         assert mean < 5.0
         assert fit_result.diverged_at is None
+
+
+def test_docs_custom_objective_example_runs():
+    text = (EXAMPLE.parents[1] / "docs" / "objectives.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", text, re.S)[0]
+    namespace = {}
+    exec(compile(code, "docs/objectives.md", "exec"), namespace)
+    result = namespace["result"]
+    assert result.diverged_at is None
+    # y = 1.5 is far likelier under k = 1 (mean +1) than k = 0 (mean -1).
+    assert float(result.params["k_logit"]) > 1.0
+    assert 0.5 < float(result.params["loc"]) < 2.0
