@@ -107,42 +107,6 @@ def _shard_batch(layout: ShardLayout, s: jax.Array, rng_key: jax.Array, batch_si
     return jnp.asarray(layout.table)[s, pos]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class DSGLD(SGLD):
-    """Distributed SGLD: rounds of ``local_steps`` SGLD steps on one shard picked with prob. f_s.
-
-    ``probs`` defaults to f_s = N_s / N. The chain's randomness fixes the shard sequence, so a run
-    does not depend on how it is cut into compiled chunks.
-    """
-
-    shards: Any = 1
-    local_steps: int = 1
-    probs: Any = None
-
-    def _layout(self, target: Target) -> ShardLayout:
-        return shard_layout(self.shards, target.num_data, self.probs)
-
-    def prepare(self, target, batch_size, rng_key, position, args, kwargs) -> ShardLayout:
-        return jax.tree.map(jnp.asarray, self._layout(target))
-
-    def _shard_gradient(
-        self, target, layout, position, t, rng_key, chain_key, batch_size, args, kwargs
-    ):
-        # The shard sequence belongs to the chain (its own key), so it is constant within a round.
-        s = _round_shard(layout, chain_key, t, self.local_steps)
-        idx = _shard_batch(layout, s, rng_key, batch_size)
-        weight = jnp.asarray(layout.sizes)[s] / (jnp.asarray(layout.probs)[s] * target.num_data)
-        return s, target.grad(position, idx, args, kwargs, lik_weight=weight)
-
-    def gradient(
-        self, target, aux: ShardLayout, position, t, rng_key, chain_key, batch_size, args, kwargs
-    ):
-        _, g = self._shard_gradient(
-            target, aux, position, t, rng_key, chain_key, batch_size, args, kwargs
-        )
-        return g
-
-
 class GaussianApprox(NamedTuple):
     """Gaussian q_k(θ) = N(mean_k, precision_k^-1) over the flattened unconstrained θ, per shard."""
 
@@ -159,9 +123,152 @@ def conducive_gradient(
     return grads.sum(0) - grads[s] / probs[s]
 
 
-class FSGLDAux(NamedTuple):
+class FederatedAux(NamedTuple):
+    """What a federated kernel prepares once.
+
+    ``clients``: when the shards are placed on devices, the per-point arguments regrouped as
+    ``[K, max N_s, ...]`` and split over the ``clients`` mesh axis (else ``None``).
+    """
+
     layout: ShardLayout
-    approx: GaussianApprox
+    approx: GaussianApprox | None
+    clients: list | None
+
+
+def _per_point(args: tuple, kwargs: dict, num_data: int) -> list[bool]:
+    """Which argument leaves hold one row per data point (leading axis of length N)."""
+    return [
+        isinstance(x, jax.Array) and jnp.ndim(x) > 0 and x.shape[0] == num_data
+        for x in jax.tree.leaves((args, kwargs))
+    ]
+
+
+def _with_leaves(args: tuple, kwargs: dict, mask: list[bool], replacements: list) -> tuple:
+    leaves, treedef = jax.tree.flatten((args, kwargs))
+    it = iter(replacements)
+    return jax.tree.unflatten(
+        treedef, [next(it) if m else x for x, m in zip(leaves, mask, strict=True)]
+    )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DSGLD(SGLD):
+    """Distributed SGLD: rounds of ``local_steps`` SGLD steps on one shard picked with prob. f_s.
+
+    ``probs`` defaults to f_s = N_s / N. The chain's randomness fixes the shard sequence, so a run
+    does not depend on how it is cut into compiled chunks.
+
+    ``devices`` (an int or a list of devices) places the shards on devices with ``shard_map``: the
+    per-point arguments (leading axis of length N) are regrouped by shard and split over a
+    ``clients`` mesh axis, K must be a multiple of the number of devices, and the model's plate
+    size must follow the data's leading axis (``numpyro.plate('data', x.shape[0])``). Each device
+    evaluates only its own shards' data and the devices exchange one gradient per step
+    (``psum``); the data never moves.
+    """
+
+    shards: Any = 1
+    local_steps: int = 1
+    probs: Any = None
+    devices: Any = None
+
+    def _layout(self, target: Target) -> ShardLayout:
+        return shard_layout(self.shards, target.num_data, self.probs)
+
+    def _approx(self, target, layout, position, args, kwargs) -> GaussianApprox | None:
+        return None
+
+    def prepare(self, target, batch_size, rng_key, position, args, kwargs) -> FederatedAux:
+        layout = self._layout(target)
+        approx = self._approx(target, layout, position, args, kwargs)
+        clients = None
+        if self.devices is not None:
+            clients = self._place_clients(target, layout, args, kwargs)
+        return FederatedAux(jax.tree.map(jnp.asarray, layout), approx, clients)
+
+    def _mesh(self) -> jax.sharding.Mesh:
+        devs = jax.devices()[: self.devices] if isinstance(self.devices, int) else self.devices
+        return jax.sharding.Mesh(np.array(list(devs)), ("clients",))
+
+    def _place_clients(self, target, layout, args, kwargs) -> list:
+        mesh = self._mesh()
+        num_shards, width = layout.table.shape
+        if num_shards % mesh.size:
+            raise DataError(
+                f"unknown shard layout: {num_shards} shards cannot be spread evenly over "
+                f"{mesh.size} devices; use a multiple of {mesh.size} shards"
+            )
+        mask = _per_point(args, kwargs, target.num_data)
+        if not any(mask):
+            raise DataError(
+                "unknown shard layout: no model argument has one row per data point (leading "
+                f"axis of length {target.num_data}), so there is nothing to place on clients"
+            )
+        local = [
+            x[layout.table[0]]
+            for x, m in zip(jax.tree.leaves((args, kwargs)), mask, strict=True)
+            if m
+        ]
+        a, k = _with_leaves(args, kwargs, mask, local)
+        plate = target.plate_size(a, k)
+        if plate != width:
+            raise DataError(
+                f"unknown shard layout: with one client's {width} rows the plate "
+                f"'{target.plate}' has size {plate}; placing shards on devices needs the plate "
+                "size to follow the data, e.g. numpyro.plate('data', x.shape[0])"
+            )
+        spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("clients"))
+        leaves = [x for x, m in zip(jax.tree.leaves((args, kwargs)), mask, strict=True) if m]
+        return [jax.lax.with_sharding_constraint(x[layout.table], spec) for x in leaves]
+
+    def _shard_gradient(
+        self, target, aux, position, t, rng_key, chain_key, batch_size, args, kwargs
+    ):
+        layout = aux.layout
+        # The shard sequence belongs to the chain (its own key), so it is constant within a round.
+        s = _round_shard(layout, chain_key, t, self.local_steps)
+        weight = layout.sizes[s] / (layout.probs[s] * target.num_data)
+        if aux.clients is None:
+            idx = _shard_batch(layout, s, rng_key, batch_size)
+            return s, target.grad(position, idx, args, kwargs, lik_weight=weight)
+        return s, self._client_gradient(target, aux, position, s, rng_key, batch_size, args, kwargs)
+
+    def _client_gradient(self, target, aux, position, s, rng_key, batch_size, args, kwargs):
+        mesh = self._mesh()
+        mask = _per_point(args, kwargs, target.num_data)
+        num_shards, width = aux.layout.table.shape
+        per_device = num_shards // mesh.size
+        P = jax.sharding.PartitionSpec
+
+        def local(position, s, rng_key, sizes, probs, *clients):
+            j = s - jax.lax.axis_index("clients") * per_device
+            mine = (j >= 0) & (j < per_device)
+            j = jnp.clip(j, 0, per_device - 1)
+            a, k = _with_leaves(args, kwargs, mask, [x[j] for x in clients])
+            u = jax.random.uniform(rng_key, (batch_size,))
+            idx = jnp.minimum((u * sizes[j]).astype(jnp.int32), sizes[j] - 1)
+            # The model sees ``width`` rows, so its plate scales a batch by width / n.
+            weight = jnp.where(mine, sizes[j] / (probs[s] * width), 0.0)
+            # Mark the position as per-device, so that ``grad`` gives this device's term and the
+            # one explicit ``psum`` sums them (the gradient of a replicated input is summed by
+            # ``grad`` itself, which would count it twice).
+            position = jax.lax.pcast(position, "clients", to="varying")
+            g = target.grad(position, idx, a, k, lik_weight=weight, prior_weight=1.0 / mesh.size)
+            return jax.lax.psum(g, "clients")
+
+        clients_spec = tuple(P("clients") for _ in aux.clients)
+        fn = jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(P(), P(), P(), P("clients"), P(), *clients_spec),
+            out_specs=P(),
+        )
+        return fn(position, s, rng_key, aux.layout.sizes, aux.layout.probs, *aux.clients)
+
+    def gradient(self, target, aux, position, t, rng_key, chain_key, batch_size, args, kwargs):
+        _, g = self._shard_gradient(
+            target, aux, position, t, rng_key, chain_key, batch_size, args, kwargs
+        )
+        return g
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -172,14 +279,14 @@ class FSGLD(DSGLD):
     names in sorted order), e.g. from a vigrad VI fit per shard. By default each q_k is a Laplace
     approximation of shard k's likelihood times p(θ)^(1/K) (the prior fraction keeps q_k proper when
     one shard alone does not identify θ), found with ``laplace_steps`` Newton iterations on the
-    full shard. Any q_k leaves the gradient unbiased; better ones lower its variance.
+    full shard. Any q_k leaves the gradient unbiased; better ones lower its variance. The
+    approximations are computed once and, with ``devices``, live replicated on every device.
     """
 
     approximations: GaussianApprox | None = None
     laplace_steps: int = 20
 
-    def prepare(self, target, batch_size, rng_key, position, args, kwargs) -> FSGLDAux:
-        layout = self._layout(target)
+    def _approx(self, target, layout, position, args, kwargs) -> GaussianApprox:
         if self.approximations is not None:
             approx = GaussianApprox(*map(jnp.asarray, self.approximations))
         else:
@@ -192,13 +299,11 @@ class FSGLD(DSGLD):
                 f"{(k, d, d)} (one Gaussian per shard over the flattened latents), got "
                 f"{approx.means.shape} and {approx.precisions.shape}"
             )
-        return FSGLDAux(jax.tree.map(jnp.asarray, layout), approx)
+        return approx
 
-    def gradient(
-        self, target, aux: FSGLDAux, position, t, rng_key, chain_key, batch_size, args, kwargs
-    ):
+    def gradient(self, target, aux, position, t, rng_key, chain_key, batch_size, args, kwargs):
         s, g = self._shard_gradient(
-            target, aux.layout, position, t, rng_key, chain_key, batch_size, args, kwargs
+            target, aux, position, t, rng_key, chain_key, batch_size, args, kwargs
         )
         flat, unravel = ravel_pytree(position)
         cg = conducive_gradient(aux.approx, aux.layout.probs, s, flat)

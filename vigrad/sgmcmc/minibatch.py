@@ -124,6 +124,13 @@ class Target:
             "idx: x[idx]`"
         )
 
+    def plate_size(self, args: tuple, kwargs: dict) -> int:
+        """Size of the data plate when the model is run on ``args`` and ``kwargs``."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            tr = self._trace(self.zeros(), None, args, kwargs)
+        return int(tr[self.plate]["args"][0])
+
     def zeros(self) -> Position:
         return {n: jnp.zeros(self.shapes[n], self.dtypes[n]) for n in self.names}
 
