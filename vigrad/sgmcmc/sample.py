@@ -81,6 +81,10 @@ def _build_chunk(target: Target, kernel: Kernel, batch_size: int, static_key: tu
 
             return kernel.step(noise_key, state, grad_fn, step_size)
 
+        if chain_keys.shape[0] == 1:
+            # One chain: no vmap, so minibatch gathers and products keep their unbatched form.
+            one = per_chain(jax.tree.map(lambda x: x[0], states), chain_keys[0])
+            return jax.tree.map(lambda x: x[None], one)
         return jax.vmap(per_chain)(states, chain_keys)
 
     @functools.partial(jax.jit, static_argnums=(7,))
