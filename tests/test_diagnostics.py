@@ -16,6 +16,7 @@ import optax
 import pytest
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
+from numpyro.infer.autoguide import AutoDiagonalNormal
 
 import vigrad
 from vigrad.diagnostics import (
@@ -168,7 +169,7 @@ def test_inference_data_round_trip_to_netcdf(fitted, tmp_path):
     attrs = idata.posterior.attrs
     assert attrs["psis_khat"] == psis_khat(idata.sample_stats["log_weight"].values[0])
     assert attrs["psis_khat_message"] == khat_message(attrs["psis_khat"])
-    assert "psis_khat_z" in attrs and attrs["num_steps"] == 200
+    assert "psis_khat_site_z" in attrs and attrs["num_steps"] == 200
 
     path = tmp_path / "fit.nc"
     idata.to_netcdf(str(path))
@@ -192,6 +193,35 @@ def test_inference_data_delegates_and_explains(fitted):
         to_inference_data(fitted)
     with pytest.raises(TypeError, match="FitResult"):
         to_inference_data(object())
+
+
+def hier_model(y):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    with numpyro.plate("J", y.shape[0]):
+        theta = numpyro.sample("theta", dist.Normal(mu, 1.0))
+        numpyro.sample("y", dist.Normal(theta, 1.0), obs=y)
+    numpyro.deterministic("total", jnp.sum(theta))
+
+
+def test_inference_data_with_an_autoguide():
+    y = jnp.array([1.0, -0.5, 2.0, 0.3])
+    guide = AutoDiagonalNormal(hier_model)
+    # The guide at its initial parameters, as a fit result (no fit needed to test the conversion).
+    tr = numpyro.handlers.trace(numpyro.handlers.seed(guide, 0)).get_trace(y)
+    params = {n: s["value"] for n, s in tr.items() if s["type"] == "param"}
+    result = vigrad.FitResult(params, {}, np.zeros(3), None, None, 3)
+    idata = to_inference_data(result, model=hier_model, guide=guide, args=(y,), num_samples=200)
+    # Model sites only: the guide's auxiliary _auto_latent is not a posterior variable.
+    assert set(idata.posterior.data_vars) == {"mu", "theta", "total"}
+    assert idata.posterior["theta"].shape == (1, 200, 4)
+    np.testing.assert_allclose(
+        idata.posterior["total"].values, idata.posterior["theta"].values.sum(-1), rtol=1e-12
+    )
+    attrs = idata.posterior.attrs
+    # Sites sampled jointly through _auto_latent have no guide factor of their own.
+    assert np.isfinite(attrs["psis_khat"]) and not any(
+        k.startswith("psis_khat_site_") for k in attrs
+    )
 
 
 # -- Gradient statistics -------------------------------------------------------------------------

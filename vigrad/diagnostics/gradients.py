@@ -116,10 +116,18 @@ def make_objective(
     return objective(num_particles=num_particles, estimators=dict(estimators or {}))
 
 
+def ensure_prototype(guide: Callable, args: tuple, kwargs: dict) -> None:
+    """Run an autoguide once (eagerly, seeded) if it has not built its prototype yet: it needs
+    concrete values for that, so it cannot be traced abstractly before."""
+    if getattr(guide, "prototype_trace", False) is None:
+        seed(guide, 0)(*args, **kwargs)
+
+
 def param_constraints(
     model: Callable, guide: Callable, params: Mapping[str, Any], args: tuple, kwargs: dict
 ) -> dict[str, Any]:
     """The constraint of every ``numpyro.param`` site of the guide and the model named in ``params``."""
+    ensure_prototype(guide, args, kwargs)
     found = {}
 
     def run(params):

@@ -9,7 +9,7 @@ A variational fit becomes:
 * ``observed_data``: the model's observed sites;
 * ``loss``: the loss trace of the fit (one value per step, dimension ``step``);
 * attributes (on ``posterior`` and ``sample_stats``): ``psis_khat`` and its reading
-  ``psis_khat_message``, per-site ``psis_khat_<site>``, the number of steps and, if the run
+  ``psis_khat_message``, per-site ``psis_khat_site_<site>``, the number of steps and, if the run
   diverged, the step where it did.
 
 Everything is plain arrays and scalar attributes, so ``idata.to_netcdf(path)`` writes it.
@@ -90,7 +90,7 @@ def to_inference_data(
         "num_steps": int(obj.num_steps),
     }
     for name, k in per_site.items():
-        attrs[f"psis_khat_{name}"] = float(k)
+        attrs[f"psis_khat_site_{name}"] = float(k)
     if obj.diverged_at is not None:
         attrs["diverged_at"] = int(obj.diverged_at)
 

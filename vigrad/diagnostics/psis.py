@@ -30,6 +30,8 @@ import numpy as np
 from numpyro.distributions import Delta
 from numpyro.handlers import replay, seed, substitute, trace
 
+from vigrad.diagnostics.gradients import ensure_prototype
+
 GOOD = 0.5
 """Below this k-hat the importance weights have finite variance."""
 BAD = 0.7
@@ -159,6 +161,7 @@ def draw_with_weights(
     """
     rng_key = jax.random.key(0) if rng_key is None else rng_key
     params = dict(params)
+    ensure_prototype(guide, args, kwargs)
     parents = _parents(model, args, kwargs)
 
     def one(key):

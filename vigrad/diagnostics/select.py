@@ -23,7 +23,12 @@ from numpyro.distributions import Delta
 from numpyro.handlers import seed, substitute, trace
 from numpyro.ops.provenance import eval_provenance
 
-from vigrad.diagnostics.gradients import GradientStats, gradient_variance, make_objective
+from vigrad.diagnostics.gradients import (
+    GradientStats,
+    ensure_prototype,
+    gradient_variance,
+    make_objective,
+)
 from vigrad.errors import VigradError
 from vigrad.estimators.base import Estimator
 from vigrad.estimators.control_variates import LeaveOneOut, MovingAverage
@@ -81,6 +86,7 @@ def guide_sites(
     guide: Callable, params: Mapping[str, Any], args: tuple, kwargs: dict
 ) -> dict[str, dict]:
     """The guide's sampled latent sites (not observed, not point masses), traced abstractly."""
+    ensure_prototype(guide, args, kwargs)
     sites: dict[str, dict] = {}
 
     def run(params):
@@ -101,7 +107,8 @@ def site_parameters(
 
     Found by provenance tracking with every sampled value held at a constant, so a site's
     parameters are those that enter its own distribution, not those of the sites it is
-    conditioned on.
+    conditioned on. Sites missing from the result (every site, if the analysis cannot trace
+    the guide) are measured on all parameters.
     """
     params = {k: jax.numpy.asarray(v) for k, v in params.items()}
     tr = trace(seed(substitute(guide, data=params), 0)).get_trace(*args, **kwargs)
@@ -118,7 +125,10 @@ def site_parameters(
             if s["type"] == "sample" and not s["is_observed"]
         }
 
-    prov = eval_provenance(fn_leaves, **params)
+    try:
+        prov = eval_provenance(fn_leaves, **params)
+    except Exception:  # noqa: BLE001 (a guide the analysis cannot trace: measure every parameter)
+        return {}
     return {
         n: frozenset().union(*leaves) & frozenset(params) if leaves else frozenset()
         for n, leaves in prov.items()
@@ -141,7 +151,7 @@ class Row:
             parameters (``parameters``).
         snr: ``||mean|| / sqrt(variance)`` over the same parameters.
         total_variance: the same trace over every parameter.
-        seconds: median wall time of one jitted estimate.
+        seconds: median wall time of one jitted estimate (``None`` if not measured).
         parameters: the parameters the site's guide distribution depends on.
         stats: the full measurement.
     """
@@ -161,10 +171,14 @@ class Row:
 
     @property
     def efficiency_cost(self) -> float:
-        """``variance x seconds`` (``variance`` when the cost was not measured); ``inf`` if unusable."""
+        """``variance x seconds``; ``inf`` if the candidate cannot serve the site."""
         if not self.usable or not math.isfinite(self.variance):
             return math.inf
         return self.variance * (self.seconds if self.seconds is not None else 1.0)
+
+
+def _clip(text: str, width: int = 72) -> str:
+    return text if len(text) <= width else text[: width - 3].rstrip() + "..."
 
 
 def _fmt(x: float | None, spec: str = ".3g") -> str:
@@ -237,18 +251,17 @@ class Comparison:
                         f"{_fmt(r.variance, '.3g'):>11}{_fmt(r.snr, '.3g'):>9}"
                         f"{_fmt(ms, '.3g'):>9}{_fmt(cost, '.3g'):>11} {mark}"
                     )
+                elif r.failed:
+                    cells = f"  error: {_clip(r.reason or '')}"
                 else:
-                    if r.failed:
-                        cells = f"  error: {(r.reason or '')[:70]}"
-                    else:
-                        reason = (r.reason or "").split(". ")[0].split(": ", 1)[-1]
-                        cells = f"  cannot serve: {reason[:70]}"
+                    reason = (r.reason or "").split(". ")[0].split(": ", 1)[-1]
+                    cells = f"  cannot serve: {_clip(reason)}"
                 lines.append(f"{label:<{widths[0]}}{r.name:<{widths[1]}}{cells}".rstrip())
         return "\n".join(lines)
 
 
 def _usable_stats(stats: GradientStats, params: Sequence[str]) -> tuple[float, float, float]:
-    names = list(params) or list(stats.mean)
+    names = [n for n in params if n in stats.mean] or list(stats.mean)
     return stats.total_variance(names), stats.total_snr(names), stats.total_variance()
 
 
