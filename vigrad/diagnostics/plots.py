@@ -13,7 +13,8 @@ def plot_comparison(
     comparison: Comparison, path: str | os.PathLike | None = None, *, title: str | None = None
 ) -> Any:
     """Bar charts of a :class:`~vigrad.diagnostics.select.Comparison`: per site and candidate, the
-    gradient variance, the time per estimate and their product (log scales; lower is better).
+    gradient variance and the product variance x time (log scales), and the time per estimate
+    (lower is better in all three).
 
     Candidates that cannot serve a site are left out; the lowest variance x cost of each site is
     drawn in a darker colour.
@@ -31,9 +32,9 @@ def plot_comparison(
     labels = [f"{r.site}: {r.name}" for r in rows]
     tiny = 1e-300
     panels = [
-        ("gradient variance", [max(r.variance, tiny) for r in rows]),
-        ("ms per estimate", [(r.seconds or math.nan) * 1e3 for r in rows]),
-        ("variance x ms", [max(r.efficiency_cost * 1e3, tiny) for r in rows]),
+        ("gradient variance", [max(r.variance, tiny) for r in rows], "log"),
+        ("ms per estimate", [(r.seconds or math.nan) * 1e3 for r in rows], "linear"),
+        ("variance x ms", [max(r.efficiency_cost * 1e3, tiny) for r in rows], "log"),
     ]
     height = 1.0 + 0.35 * max(1, len(rows))
     if path is None:
@@ -48,9 +49,9 @@ def plot_comparison(
     axes = fig.subplots(1, 3, sharey=True)
     colours = ["tab:blue" if id(r) in best else "lightsteelblue" for r in rows]
     positions = list(range(len(rows)))[::-1]
-    for ax, (name, values) in zip(axes, panels, strict=True):
+    for ax, (name, values, scale) in zip(axes, panels, strict=True):
         ax.barh(positions, values, color=colours)
-        ax.set_xscale("log")
+        ax.set_xscale(scale)
         ax.set_title(name)
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(positions, labels)
