@@ -415,3 +415,18 @@ def test_every_default_candidate_is_unbiased_at_scale(num_particles):
         )
         z = z_scores(stats, exact_loss_grad(OFF))
         assert np.max(np.abs(z)) < 4.5, (estimator_name(estimator), z)
+
+
+def fixed_guide(x):
+    loc = numpyro.param("loc", 0.0)
+    scale = numpyro.param("scale", 1.0, constraint=constraints.positive)
+    numpyro.sample("z", dist.Normal(loc, scale), infer={"estimator": vigrad.Score()})
+
+
+def test_an_estimator_set_in_the_guide_is_the_only_one_measured():
+    comparison = compare_estimators(
+        model, fixed_guide, OFF, None, X, num_samples=50, timing_rounds=0
+    )
+    (row,) = comparison.rows
+    assert row.name == "Score (set in guide)" and row.usable and row.variance > 0
+    assert comparison.select().estimators == {"z": vigrad.Score()}

@@ -288,7 +288,9 @@ def compare_estimators(
         params: constrained parameter values at which to measure (e.g. a fit's ``params``).
         candidates: site name -> estimators to try; only the sites named are compared. ``None``
             compares every sampled guide site with :func:`default_candidates`. Every candidate
-            must be unbiased for the objective: the comparison measures variance, not bias.
+            must be unbiased for the objective: the comparison measures variance, not bias. A
+            site whose estimator the guide sets (``infer={"estimator": ...}``, which wins over
+            any mapping) is measured with that estimator only.
         estimators: the estimators of the other sites while one site is varied (default: the
             objective's assignment, by default Reparam where reparameterisable, else Score).
         num_particles, num_samples, rng_key, objective, unconstrained, warmup: as
@@ -325,16 +327,14 @@ def compare_estimators(
         else:
             tried = default_candidates(fn, k, bool(getattr(obj, "linear_in_log_weights", False)))
         fixed = (msg.get("infer") or {}).get("estimator")
+        if fixed is not None:
+            # The guide's own choice wins over any mapping, so it is the only one to measure.
+            tried = [fixed]
         site_params = tuple(sorted(own.get(site, frozenset())))
         for est in tried:
-            row = Row(site, est, estimator_name(est), usable=False, parameters=site_params)
+            name = estimator_name(est) + (" (set in guide)" if fixed is not None else "")
+            row = Row(site, est, name, usable=False, parameters=site_params)
             rows.append(row)
-            if fixed is not None and fixed != est:
-                row.reason = (
-                    f"the guide fixes this site's estimator with infer={{'estimator': "
-                    f"{estimator_name(fixed)}()}}, which wins over any other choice"
-                )
-                continue
             try:
                 est.check(site, fn)
                 stats = gradient_variance(
