@@ -153,7 +153,8 @@ def draw_with_weights(
     The guide is run with ``params`` substituted for its ``numpyro.param`` sites (constrained values,
     as in :attr:`vigrad.FitResult.params`); the model is replayed on each guide trace. ``log p`` and
     ``log q`` are those of NumPyro's ``Trace_ELBO`` (all sample sites, with their subsampling
-    scales), so the weights are exactly the ones whose mean the ELBO is.
+    scales), so the weights are exactly the ones whose mean the ELBO is. A model that subsamples its
+    data should be run on all of it here, or each draw sees a different minibatch.
 
     A site's local log weight is ``sum_s log p_s - log q_z`` over the model terms ``s`` that have
     ``z`` as a direct parent (its own prior included): the part of ``log w`` that moves with ``z``
