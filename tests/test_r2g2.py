@@ -419,3 +419,19 @@ def test_error_local_reparameterisation_on_conv():
         )
     with pytest.raises(vigrad.EstimatorError, match=r"unknown estimator 'reinforce'"):
         Dense("d", 2, 2, estimator="reinforce")
+
+
+def test_check_declared_maps_finds_use_outside_the_map():
+    from vigrad.nn import check_declared_maps
+
+    def coupled_model(x, y):
+        w = numpyro.sample("W", dist.Normal(0.0, 1.0).expand((3, 2)).to_event(2))
+        z = linear("W", x, w)
+        numpyro.sample("y", dist.Normal(z, jnp.exp(jnp.sum(w))).to_event(2), obs=y)
+
+    with pytest.raises(vigrad.EstimatorError, match=r"site 'W'.*density of site 'y'.*outside"):
+        check_declared_maps(coupled_model, weight_guide, XW, YW, estimators={"W": R2G2()})
+    # The declared map alone, the site's own prior, and other estimators pass.
+    check_declared_maps(weight_model, weight_guide, XW, YW, estimators={"W": R2G2()})
+    check_declared_maps(latent_model, latent_guide, YV, estimators={"v": R2G2()})
+    check_declared_maps(coupled_model, weight_guide, XW, YW)
