@@ -44,7 +44,7 @@ def estimator(name: str):
     return R2G2(per_example=True) if name == "r2g2" else name
 
 
-def build(arch: str, est: str, n_train: int, hidden: int, init_scale: float):
+def build(arch: str, est: str, n_train: int, hidden: int, init_scale: float, channels=(8, 16)):
     e = estimator(est)
     if arch == "mlp":
         layers = [
@@ -60,9 +60,9 @@ def build(arch: str, est: str, n_train: int, hidden: int, init_scale: float):
 
     else:
         layers = [
-            Conv2d("c1", 1, 8, 3, estimator=e, init_scale=init_scale),
-            Conv2d("c2", 8, 16, 3, stride=2, estimator=e, init_scale=init_scale),
-            Dense("fc", 4 * 4 * 16, 10, estimator=e, init_scale=init_scale),
+            Conv2d("c1", 1, channels[0], 3, estimator=e, init_scale=init_scale),
+            Conv2d("c2", channels[0], channels[1], 3, stride=2, estimator=e, init_scale=init_scale),
+            Dense("fc", 4 * 4 * channels[1], 10, estimator=e, init_scale=init_scale),
         ]
 
         def forward(x):
@@ -101,6 +101,7 @@ def main():
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=100)
+    parser.add_argument("--channels", type=int, nargs=2, default=[8, 16])
     parser.add_argument("--init-scale", type=float, default=0.05)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--var-keys", type=int, default=64)
@@ -111,7 +112,9 @@ def main():
     xtr, ytr, xte, yte = digits()
     n = len(ytr)
     names = CHOICES[args.arch]
-    built = {e: build(args.arch, e, n, args.hidden, args.init_scale) for e in names}
+    built = {
+        e: build(args.arch, e, n, args.hidden, args.init_scale, tuple(args.channels)) for e in names
+    }
     sites = built[names[0]][2]
     svis = {e: SVI(m, g, adam(args.lr), ELBO()) for e, (m, g, _) in built.items()}
     updates = {e: jax.jit(svi.update) for e, svi in svis.items()}
