@@ -47,7 +47,11 @@ def bnn_tables(name: str) -> None:
     for e, runs in curves.items():
         a = np.asarray(runs)
         se = a.std(axis=0, ddof=1) / np.sqrt(len(a)) if len(a) > 1 else np.zeros(a.shape[1])
-        print(f"| {e} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in zip(a.mean(0), se)) + " |")
+        print(
+            f"| {e} | "
+            + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in zip(a.mean(0), se, strict=True))
+            + " |"
+        )
     print()
 
 
@@ -82,7 +86,9 @@ def vae_tables() -> None:
             a = np.asarray(runs)
             se = a.std(axis=0, ddof=1) / np.sqrt(len(a)) if len(a) > 1 else np.zeros(a.shape[1])
             print(
-                f"| {e} | " + " | ".join(f"{m:.2f} ± {s:.2f}" for m, s in zip(a.mean(0), se)) + " |"
+                f"| {e} | "
+                + " | ".join(f"{m:.2f} ± {s:.2f}" for m, s in zip(a.mean(0), se, strict=True))
+                + " |"
             )
         print()
 
