@@ -53,8 +53,7 @@ def vigrad_loop(kernel, x, y, steps, key):
     target = Target(model, (x, y), {}, key)
     dynamic, static_key = _split_static((x, y), {})
     run = _build_chunk(target, kernel, BATCH, static_key)
-    state = jax.vmap(kernel.init)({"w": jnp.zeros((1, D))})
-    carry = (state, jnp.full((1,), -1, jnp.int32))
+    carry = jax.vmap(kernel.init)({"w": jnp.zeros((1, D))})
     keys = jax.random.split(key, 1)
     i32 = lambda v: jnp.asarray(v, jnp.int32)  # noqa: E731
 

@@ -151,7 +151,7 @@ def _with_leaves(args: tuple, kwargs: dict, mask: list[bool], replacements: list
     )
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True)
 class DSGLD(SGLD):
     """Distributed SGLD: rounds of ``local_steps`` SGLD steps on one shard picked with prob. f_s.
 
@@ -271,7 +271,7 @@ class DSGLD(SGLD):
         return g
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True)
 class FSGLD(DSGLD):
     """Federated SGLD: DSGLD plus the conducive gradient of Gaussian shard approximations.
 

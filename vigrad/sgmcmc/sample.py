@@ -93,29 +93,64 @@ def _build_chunk(target: Target, kernel: Kernel, batch_size: int, static_key: tu
         # draws go into a buffer of static size (indices past it are clamped and ignored).
         args, kwargs = _join_static(dynamic, static_key)
 
-        def inner(j, carry, first):
-            states, bad = carry
-            t = first + j
+        def body(j, loop):
+            # One flat loop over the chunk's steps (a nested loop per draw costs more per step on
+            # CPU); the draw slot j // n_inner is overwritten until its last step.
+            # No per-step NaN check: a NaN or infinite position stays non-finite, so the driver
+            # finds a divergence from the chunk's final state and locates it in the draws.
+            states, buffer = loop
+            t = start + j
             states = one_step(states, t, chain_keys, aux, args, kwargs)
-            finite = jax.vmap(_all_finite)(states.position)
-            bad = jnp.where(~finite & (bad < 0), t, bad)
-            return states, bad
-
-        def outer(i, loop):
-            carry, buffer = loop
-            first = start + i * n_inner
-            carry = jax.lax.fori_loop(0, n_inner, lambda j, c: inner(j, c, first), carry)
-            draw = jax.vmap(target.constrain)(carry[0].position)
+            draw = jax.vmap(target.constrain)(states.position)
             buffer = jax.tree.map(
-                lambda b, d: jax.lax.dynamic_update_index_in_dim(b, d, i, 0), buffer, draw
+                lambda b, d: jax.lax.dynamic_update_index_in_dim(b, d, j // n_inner, 0),
+                buffer,
+                draw,
             )
-            return carry, buffer
+            return states, buffer
 
-        draw = jax.eval_shape(jax.vmap(target.constrain), carry[0].position)
+        draw = jax.eval_shape(jax.vmap(target.constrain), carry.position)
         buffer = jax.tree.map(lambda d: jnp.zeros((buffer_size, *d.shape), d.dtype), draw)
-        return jax.lax.fori_loop(0, n_outer, outer, (carry, buffer))
+        return jax.lax.fori_loop(0, n_outer * n_inner, body, (carry, buffer))
 
     return run
+
+
+_CHUNKS: dict = {}
+
+
+def _fingerprint(transform: Any) -> tuple:
+    """A transform's type and parameter values (a support may depend on the data)."""
+    items = []
+    for key, value in sorted(vars(transform).items()):
+        if isinstance(value, (list, tuple)):
+            items.append((key, tuple(_fingerprint(v) for v in value if hasattr(v, "__dict__"))))
+        elif isinstance(value, (np.ndarray, jax.Array, float, int)):
+            items.append((key, np.asarray(value).tobytes()))
+        elif hasattr(value, "__dict__") and hasattr(value, "inv"):
+            items.append((key, _fingerprint(value)))
+    return (type(transform).__name__, tuple(items))
+
+
+def _cached_chunk(target: Target, kernel: Kernel, batch_size: int, static_key: tuple) -> Callable:
+    """The compiled chunk, reused by later calls on the same model, kernel and argument layout."""
+    signature = (
+        target.model,
+        kernel,
+        batch_size,
+        static_key,
+        target.plate,
+        tuple((n, target.shapes[n], _fingerprint(target.transforms[n])) for n in target.names),
+    )
+    try:
+        hash(signature)
+    except TypeError:
+        return _build_chunk(target, kernel, batch_size, static_key)
+    if signature not in _CHUNKS:
+        if len(_CHUNKS) >= 32:
+            _CHUNKS.pop(next(iter(_CHUNKS)))
+        _CHUNKS[signature] = _build_chunk(target, kernel, batch_size, static_key)
+    return _CHUNKS[signature]
 
 
 def sample(
@@ -232,8 +267,8 @@ def sample(
         )
         draws = [saved["draws"]] if saved["draws"] is not None else []
 
-    run = _build_chunk(target, kernel, batch_size, static_key)
-    carry = (states, jnp.full((num_chains,), -1, jnp.int32))
+    run = _cached_chunk(target, kernel, batch_size, static_key)
+    carry = states
     with ChunkProgress(total, initial=step, desc="vigrad.sgmcmc", enabled=progress_bar) as bar:
         while step < total:
             if step < num_warmup:
@@ -246,13 +281,21 @@ def sample(
             carry, out = run(
                 carry, i32(step), i32(n_outer), i32(n_inner), chain_keys, aux, dynamic, chunk_draws
             )
-            bad = np.asarray(carry[1])
-            if np.any(bad >= 0):
-                c = int(np.argmin(np.where(bad >= 0, bad, np.iinfo(np.int32).max)))
+            finite = np.asarray(jax.vmap(_all_finite)(carry.position))
+            if not finite.all():
+                c = int(np.argmin(finite))
+                slots = min(n_outer, chunk_draws)
+                ok = [
+                    bool(np.all([np.isfinite(x[i, c]).all() for x in jax.tree.leaves(out)]))
+                    for i in range(slots)
+                ]
+                i = ok.index(False) if False in ok else slots - 1
+                first = step + i * n_inner
+                last = step + n_outer * n_inner if i == slots - 1 else first + n_inner
                 raise DivergentChainError(
-                    f"chain {c} diverged at step {int(bad[c])}: its position became NaN or "
-                    f"infinite. Use a smaller step size (now {kernel.step_size!r}) or a larger "
-                    "batch, or check the model for invalid values."
+                    f"chain {c} diverged between steps {first} and {last}: its position became "
+                    f"NaN or infinite. Use a smaller step size (now {kernel.step_size!r}) or a "
+                    "larger batch, or check the model for invalid values."
                 )
             if collect:
                 draws.append(
@@ -264,7 +307,7 @@ def sample(
                 save_checkpoint(
                     checkpoint_path,
                     {
-                        "states": carry[0],
+                        "states": carry,
                         "step": step,
                         "chain_keys": chain_keys,
                         "aux": aux,
@@ -274,7 +317,7 @@ def sample(
     samples = _concat(draws)
     return SGMCMCResult(
         samples=samples,
-        state=carry[0],
+        state=carry,
         aux=aux,
         num_warmup=num_warmup,
         num_steps=total,
