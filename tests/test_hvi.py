@@ -24,6 +24,8 @@ import vigrad
 from vigrad.objectives.hvi import DIWHVI, HVI, IWHVI, with_reverse
 
 M = 10_000
+# Negative controls are far off (|z| of 25 to 120 at M = 20 000), so fewer draws reject them.
+M_CONTROL = 3_000
 X = 1.3
 LOG2PI = jnp.log(2 * jnp.pi)
 GUIDE = {"mu": 0.4, "log_su": -0.2, "log_sz": -0.6}
@@ -137,9 +139,9 @@ class StoppedLatentsD(DIWHVI):
         return super().marginal_log_q(guide, reverse, stopped, *rest)
 
 
-def z_score(objective, p, exact, seed=0, hmodel=HMODEL):
+def z_score(objective, p, exact, seed=0, hmodel=HMODEL, num=M):
     loss = lambda key, q: objective.loss(key, q, hmodel, guide, X)
-    grads = gradient_samples(loss, p, jax.random.key(seed), M)
+    grads = gradient_samples(loss, p, jax.random.key(seed), num)
     return max_abs_z(grads, exact)
 
 
@@ -188,14 +190,15 @@ def test_hvi_rejects_joint_entropy_control():
         numpyro.sample("u", dist.Normal(0.0, 1.0).mask(False))
 
     exact = neg_grad(hvi_bound, p)
-    assert z_score(HVI(), p, exact, hmodel=with_reverse(model, joint_only)) > THRESHOLD
+    assert (
+        z_score(HVI(), p, exact, hmodel=with_reverse(model, joint_only), num=M_CONTROL) > THRESHOLD
+    )
 
 
-@pytest.mark.parametrize("k", [1, 3])
-def test_iwhvi_unbiased_against_quadrature(k):
+def test_iwhvi_unbiased_against_quadrature():
     p = params()
     exact = neg_grad(iwhvi_one_inner, p)
-    assert z_score(IWHVI(num_inner=1, num_particles=k), p, exact) < THRESHOLD
+    assert z_score(IWHVI(num_inner=1), p, exact) < THRESHOLD
 
 
 def test_iwhvi_score_site_unbiased():
@@ -208,39 +211,42 @@ def test_iwhvi_score_site_unbiased():
 def test_iwhvi_negative_control_rejected():
     p = params()
     exact = neg_grad(iwhvi_one_inner, p)
-    assert z_score(StoppedLatents(num_inner=1), p, exact) > THRESHOLD
+    assert z_score(StoppedLatents(num_inner=1), p, exact, num=M_CONTROL) > THRESHOLD
 
 
 def test_iwhvi_touches_marginal_elbo_at_exact_reverse():
     p = params(r=exact_conditional(GUIDE))
     exact = {**neg_grad(marginal_elbo, p), **{n: 0.0 for n in REVERSE}}
     assert z_score(IWHVI(num_inner=3), p, exact) < THRESHOLD
-    assert z_score(StoppedLatents(num_inner=3), p, exact) > THRESHOLD
+    assert z_score(StoppedLatents(num_inner=3), p, exact, num=M_CONTROL) > THRESHOLD
 
 
 def test_diwhvi_touches_marginal_iwelbo_at_exact_reverse():
     p = params(r=exact_conditional(GUIDE))
     exact = {**neg_grad(marginal_iwelbo2, p), **{n: 0.0 for n in REVERSE}}
     assert z_score(DIWHVI(num_inner=2, num_particles=2), p, exact) < THRESHOLD
-    assert z_score(StoppedLatentsD(num_inner=2, num_particles=2), p, exact) > THRESHOLD
+    control = StoppedLatentsD(num_inner=2, num_particles=2)
+    assert z_score(control, p, exact, num=M_CONTROL) > THRESHOLD
 
 
 def test_iwhvi_without_inner_samples_is_hvi():
     p = params()
     key = jax.random.key(3)
-    a = IWHVI(num_inner=0, num_particles=5).loss(key, p, HMODEL, guide, X)
-    b = HVI(num_particles=5).loss(key, p, HMODEL, guide, X)
+    loss = lambda obj: jax.jit(lambda q: obj.loss(key, q, HMODEL, guide, X))(p)
+    a, b = loss(IWHVI(num_inner=0, num_particles=5)), loss(HVI(num_particles=5))
     assert np.isclose(float(a), float(b), rtol=1e-10)
 
 
 def test_bounds_ordered_on_average():
     """E[HVI] <= E[IWHVI_M] <= ELBO of the marginal guide, at a reverse model away from q(u | z)."""
-    p = params()
-    keys = jax.random.split(jax.random.key(4), 4000)
-    value = lambda obj: -float(jnp.mean(jax.vmap(lambda k: obj.loss(k, p, HMODEL, guide, X))(keys)))
+    p = params(r={"a": 0.0, "b": -0.5, "log_sr": 0.3})
+    keys = jax.random.split(jax.random.key(4), 2000)
+    value = lambda obj: (
+        -float(jnp.mean(jax.jit(jax.vmap(lambda k: obj.loss(k, p, HMODEL, guide, X)))(keys)))
+    )
     hvi, iwhvi = value(HVI()), value(IWHVI(num_inner=8))
     assert hvi < iwhvi < float(marginal_elbo(p))
-    assert np.isclose(hvi, float(hvi_bound(p)), atol=0.05)
+    assert np.isclose(hvi, float(hvi_bound(p)), atol=0.08)
 
 
 def test_errors():
