@@ -1,0 +1,320 @@
+"""Flow guides: the fast score recursion against the slow path gradient, unbiasedness of the fast
+reverse-KL and forward-KL path gradients, and the NumPyro guide and autoguide plumbing."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from flowjax.bijections import (
+    Affine,
+    Chain,
+    Coupling,
+    Exp,
+    Flip,
+    Invert,
+    MaskedAutoregressive,
+    Permute,
+    RationalQuadraticSpline,
+    TriangularAffine,
+)
+from flowjax.distributions import StandardNormal, Transformed
+from flowjax.flows import coupling_flow, masked_autoregressive_flow
+
+import vigrad
+from tests.unbiased import THRESHOLD, max_abs_z
+from vigrad.errors import EstimatorError
+from vigrad.flows import (
+    AutoFlow,
+    FlowPathGradient,
+    flow_sample,
+    forward_kl_path_loss,
+    reverse_kl_path_loss,
+    sample_and_score,
+    slow_score,
+)
+from vigrad.flows.score import path_log_q
+
+jax.config.update("jax_enable_x64", True)
+
+D = 4
+stop = jax.lax.stop_gradient
+
+
+def _perturbed(flow, seed, size=0.2):
+    """The flow with every trainable array moved off its (often trivial) initial value."""
+    arrays, static = eqx.partition(flow, eqx.is_inexact_array)
+    leaves, treedef = jax.tree.flatten(arrays)
+    keys = jr.split(jr.key(seed), len(leaves))
+    leaves = [x + size * jr.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys, strict=True)]
+    return eqx.combine(jax.tree.unflatten(treedef, leaves), static)
+
+
+def _coupling(key, transformer, invert):
+    return coupling_flow(
+        key,
+        base_dist=StandardNormal((D,)),
+        transformer=transformer,
+        flow_layers=2,
+        nn_width=8,
+        invert=invert,
+    )
+
+
+def _flows():
+    k = jr.split(jr.key(0), 8)
+    rqs = RationalQuadraticSpline(knots=4, interval=3.0)
+    tri = TriangularAffine(jnp.zeros(D), jnp.eye(D))
+    single_coupling = Coupling(
+        k[6], transformer=Affine(), untransformed_dim=1, dim=D, nn_width=8, nn_depth=1
+    )
+    rqs_coupling = Coupling(
+        k[0], transformer=rqs, untransformed_dim=2, dim=D, nn_width=8, nn_depth=1
+    )
+    mixed = Chain(
+        [
+            single_coupling,
+            Permute(jnp.array([2, 0, 3, 1])),
+            Invert(rqs_coupling),
+            MaskedAutoregressive(k[7], transformer=rqs, dim=D, nn_width=8, nn_depth=1),
+            Flip((D,)),
+            Invert(MaskedAutoregressive(k[1], transformer=Affine(), dim=D, nn_width=8, nn_depth=1)),
+            Invert(tri),
+            Affine(jnp.ones(D), 2 * jnp.ones(D)),
+            Exp((D,)),
+        ]
+    )
+    return {
+        "affine_coupling": _coupling(k[0], None, invert=False),
+        "affine_coupling_inverted": _coupling(k[1], None, invert=True),
+        "rqs_coupling": _coupling(k[2], rqs, invert=False),
+        "rqs_coupling_inverted": _coupling(k[3], rqs, invert=True),
+        "masked_autoregressive": masked_autoregressive_flow(
+            k[4], base_dist=StandardNormal((D,)), flow_layers=2, nn_width=8, invert=False
+        ),
+        "masked_autoregressive_inverted": masked_autoregressive_flow(
+            k[5], base_dist=StandardNormal((D,)), transformer=rqs, flow_layers=2, nn_width=8
+        ),
+        "chain_of_every_layer": Transformed(StandardNormal((D,)), mixed),
+    }
+
+
+FLOWS = _flows()
+
+
+def test_fast_path_gradient_equals_slow_mixed_chain():
+    """Every layer type in one chain (coupling with affine and inverted spline transformers,
+    autoregressive both ways, permutation, flip, inverted triangular affine, elementwise)."""
+    _check_fast_equals_slow(FLOWS["chain_of_every_layer"], num_keys=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(FLOWS))
+def test_fast_path_gradient_equals_slow(name):
+    _check_fast_equals_slow(FLOWS[name], num_keys=3)
+
+
+def _check_fast_equals_slow(flow, num_keys):
+    flow = _perturbed(flow, seed=1)
+    arrays, static = eqx.partition(flow, eqx.is_inexact_array)
+    keys = jr.split(jr.key(2), num_keys)
+    log_p = lambda x: -0.5 * jnp.sum((x - 0.3) ** 2) - 0.1 * jnp.sum(x**4)
+
+    def fast(arrays, key):
+        x, log_q = path_log_q(eqx.combine(arrays, static), key)
+        return log_q - log_p(x)
+
+    def slow(arrays, key):
+        x = eqx.combine(arrays, static).sample(key)
+        return eqx.combine(stop(arrays), static).log_prob(x) - log_p(x)
+
+    @jax.jit
+    def compare(arrays):
+        f = jax.vmap(lambda k: jax.value_and_grad(fast)(arrays, k))(keys)
+        s = jax.vmap(lambda k: jax.value_and_grad(slow)(arrays, k))(keys)
+        x, log_q, score = sample_and_score(eqx.combine(arrays, static), jr.key(3), (2,))
+        ref = jax.vmap(lambda x_: slow_score(eqx.combine(arrays, static), x_))(x)
+        return f, s, (x, log_q, score), ref
+
+    (fv, fg), (sv, sg), (x, log_q, score), ref = compare(arrays)
+    assert jnp.allclose(fv, sv, atol=1e-8)
+    for a, b in zip(jax.tree.leaves(fg), jax.tree.leaves(sg), strict=True):
+        assert jnp.allclose(a, b, atol=1e-5, rtol=1e-5), float(jnp.max(jnp.abs(a - b)))
+    assert jnp.allclose(score, ref, atol=1e-6)
+    assert jnp.allclose(x, flow.sample(jr.key(3), (2,)), atol=1e-12)
+    assert jnp.allclose(log_q, flow.log_prob(x), atol=1e-8)
+
+
+# --- unbiasedness against exact gradients: a linear flow on a Gaussian target ----------------
+
+M = 2000
+TARGET_MEAN = jnp.array([1.0, -0.5, 0.3])
+_L = jnp.array([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [-0.3, 0.4, 0.5]])
+TARGET_COV = _L @ _L.T
+
+
+def _linear_flow():
+    d = 3
+    tri = TriangularAffine(
+        jnp.array([0.2, 0.1, -0.1]), jnp.eye(d) + 0.2 * jnp.tril(jnp.ones((d, d)), -1)
+    )
+    bij = Chain(
+        [tri, Permute(jnp.array([1, 2, 0])), Affine(jnp.zeros(d), jnp.array([0.7, 1.3, 0.9]))]
+    )
+    return Transformed(StandardNormal((d,)), bij)
+
+
+def _gaussian_log_p(x):
+    return dist.MultivariateNormal(TARGET_MEAN, TARGET_COV).log_prob(x)
+
+
+def _moments(flow):
+    """The linear flow's Gaussian: ``x = A z + b``."""
+    _, bijections = vigrad.flows.score.split_flow(flow)
+    (bij,) = bijections
+    b = bij.transform(jnp.zeros(3))
+    a = jax.jacfwd(bij.transform)(jnp.zeros(3))
+    return b, a
+
+
+def _exact_reverse_kl(flow):
+    b, a = _moments(flow)
+    prec = jnp.linalg.inv(TARGET_COV)
+    e_log_p = _gaussian_log_p(b) - 0.5 * jnp.trace(prec @ a @ a.T)
+    entropy = 1.5 * jnp.log(2 * jnp.pi * jnp.e) + jnp.linalg.slogdet(a)[1]
+    return -e_log_p - entropy
+
+
+def _exact_forward_kl(flow):
+    b, a = _moments(flow)
+    q = dist.MultivariateNormal(b, a @ a.T)
+    p = dist.MultivariateNormal(TARGET_MEAN, TARGET_COV)
+    return dist.kl_divergence(p, q)
+
+
+@pytest.fixture(scope="module")
+def linear_flow():
+    return eqx.partition(_linear_flow(), eqx.is_inexact_array)
+
+
+def _reverse_estimates(arrays, static, biased):
+    def loss(arrays, key):
+        flow = eqx.combine(arrays, static)
+        if biased:
+            # Negative control: the whole log q stopped loses the entropy's path term.
+            x = flow.sample(key)
+            return stop(flow.log_prob(x)) - _gaussian_log_p(x)
+        return reverse_kl_path_loss(flow, key, _gaussian_log_p, 1)
+
+    keys = jr.split(jr.key(11), M)
+    return jax.jit(jax.vmap(lambda k: jax.grad(loss)(arrays, k)))(keys)
+
+
+@pytest.mark.parametrize("biased", [False, True])
+def test_reverse_kl_path_gradient_unbiased(linear_flow, biased):
+    arrays, static = linear_flow
+    exact = jax.grad(lambda a: _exact_reverse_kl(eqx.combine(a, static)))(arrays)
+    z = max_abs_z(_reverse_estimates(arrays, static, biased), exact)
+    assert (z > THRESHOLD) if biased else (z < THRESHOLD), z
+
+
+def _forward_estimates(arrays, static, biased):
+    target = dist.MultivariateNormal(TARGET_MEAN, TARGET_COV)
+
+    def loss(arrays, key):
+        flow = eqx.combine(arrays, static)
+        x = target.sample(key, (1,))
+        if biased:
+            # Negative control: the target's score left out.
+            return forward_kl_path_loss(flow, x, target_score=jnp.zeros_like(x))
+        return forward_kl_path_loss(flow, x, log_target=_gaussian_log_p)
+
+    keys = jax.random.split(jax.random.PRNGKey(12), M)
+    return jax.jit(jax.vmap(lambda k: jax.grad(loss)(arrays, k)))(keys)
+
+
+@pytest.mark.parametrize("biased", [False, True])
+def test_forward_kl_path_gradient_unbiased(linear_flow, biased):
+    arrays, static = linear_flow
+    exact = jax.grad(lambda a: _exact_forward_kl(eqx.combine(a, static)))(arrays)
+    z = max_abs_z(_forward_estimates(arrays, static, biased), exact)
+    assert (z > THRESHOLD) if biased else (z < THRESHOLD), z
+
+
+def test_forward_kl_path_gradient_vanishes_at_the_target():
+    # q = p exactly: every single-sample path gradient is zero (the ML gradient is not).
+    d = 3
+    flow = Transformed(StandardNormal((d,)), TriangularAffine(TARGET_MEAN, _L))
+    arrays, static = eqx.partition(flow, eqx.is_inexact_array)
+    x = dist.MultivariateNormal(TARGET_MEAN, TARGET_COV).sample(jax.random.PRNGKey(0), (5,))
+    g = jax.grad(lambda a: forward_kl_path_loss(eqx.combine(a, static), x, _gaussian_log_p))(arrays)
+    ml = jax.grad(lambda a: -jnp.mean(eqx.combine(a, static).log_prob(x)))(arrays)
+    assert max(float(jnp.max(jnp.abs(v))) for v in jax.tree.leaves(g)) < 1e-10
+    assert max(float(jnp.max(jnp.abs(v))) for v in jax.tree.leaves(ml)) > 1e-2
+
+
+# --- NumPyro plumbing ---------------------------------------------------------------------------
+
+
+def _model():
+    numpyro.sample("x", dist.MultivariateNormal(TARGET_MEAN, TARGET_COV))
+
+
+def _elbo_grads(guide, estimator, params_name):
+    loss = vigrad.ELBO(num_particles=3, estimators=estimator)
+    key = jax.random.PRNGKey(4)
+    init = numpyro.handlers.trace(numpyro.handlers.seed(guide, 0)).get_trace()
+    flat = {params_name: init[params_name]["value"]}
+    flat[params_name] = flat[params_name] + 0.1 * jnp.sin(jnp.arange(flat[params_name].size))
+    return jax.value_and_grad(lambda p: loss.loss(key, p, _model, guide))(flat)
+
+
+def test_flow_sample_site_fast_equals_path_gradient():
+    flow3 = coupling_flow(
+        jr.key(5), base_dist=StandardNormal((3,)), flow_layers=2, nn_width=8, invert=False
+    )
+    guide = lambda: flow_sample("x", flow3)
+    fv, fg = _elbo_grads(guide, {"x": FlowPathGradient()}, "x_flow")
+    sv, sg = _elbo_grads(guide, {"x": vigrad.PathGradient()}, "x_flow")
+    rv, rg = _elbo_grads(guide, {"x": vigrad.Reparam()}, "x_flow")
+    assert jnp.allclose(fv, sv, atol=1e-10) and jnp.allclose(fv, rv, atol=1e-10)
+    assert jnp.allclose(fg["x_flow"], sg["x_flow"], atol=1e-7)
+    assert not jnp.allclose(fg["x_flow"], rg["x_flow"], atol=1e-3)
+
+
+def _constrained_model():
+    s = numpyro.sample("s", dist.LogNormal(0.0, 0.5))
+    numpyro.sample("m", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+    numpyro.sample("y", dist.Normal(s, 1.0), obs=jnp.array([0.5, 1.5]))
+
+
+def test_autoflow_fast_equals_path_gradient():
+    small = lambda key, dim: coupling_flow(
+        key, base_dist=StandardNormal((dim,)), flow_layers=2, nn_width=8, invert=False
+    )
+    guide = AutoFlow(_constrained_model, small, estimator=FlowPathGradient())
+    slow_guide = AutoFlow(_constrained_model, small, estimator=vigrad.PathGradient())
+    key = jax.random.PRNGKey(0)
+    traces = [
+        numpyro.handlers.trace(numpyro.handlers.seed(g, 0)).get_trace() for g in (guide, slow_guide)
+    ]
+    params = {"auto_flow": traces[0]["auto_flow"]["value"]}
+    loss = vigrad.ELBO(num_particles=2)
+    fv, fg = jax.value_and_grad(lambda p: loss.loss(key, p, _constrained_model, guide))(params)
+    sv, sg = jax.value_and_grad(lambda p: loss.loss(key, p, _constrained_model, slow_guide))(params)
+    assert jnp.isfinite(fv) and jnp.allclose(fv, sv, atol=1e-10)
+    assert jnp.allclose(fg["auto_flow"], sg["auto_flow"], atol=1e-7)
+    post = guide.sample_posterior(key, params, sample_shape=(5,))
+    assert post["s"].shape == (5,) and bool(jnp.all(post["s"] > 0))
+    assert post["m"].shape == (5, 2)
+
+
+def test_flow_path_gradient_rejects_non_flow_site():
+    def guide():
+        numpyro.sample("x", dist.Normal(jnp.zeros(3), 1.0).to_event(1))
+
+    loss = vigrad.ELBO(estimators={"x": FlowPathGradient()})
+    with pytest.raises(EstimatorError, match="FlowPathGradient.*'x'.*flow_sample"):
+        loss.loss(jax.random.PRNGKey(0), {}, _model, guide)
