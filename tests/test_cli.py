@@ -48,17 +48,20 @@ def test_fit_eight_schools_writes_results(tmp_path, capsys):
     assert float(idata.posterior["tau"].min()) > 0.0
 
 
+USER_MODEL = (
+    '"""A normal mean."""\n'
+    "import jax.numpy as jnp, numpyro, numpyro.distributions as dist\n"
+    "def load_data():\n    return {'x': jnp.array([0.5, 1.5, 1.0])}\n"
+    "def model(x):\n    m = numpyro.sample('m', dist.Normal(0., 1.))\n"
+    "    with numpyro.plate('n', 3):\n        numpyro.sample('x', dist.Normal(m, 1.), obs=x)\n"
+    "def guide(x):\n    a = numpyro.param('a', 0.)\n"
+    "    numpyro.sample('m', dist.Normal(a, 0.5))\n"
+)
+
+
 def test_fit_user_file_with_iwelbo(tmp_path, capsys):
     src = tmp_path / "mine.py"
-    src.write_text(
-        '"""A normal mean."""\n'
-        "import jax.numpy as jnp, numpyro, numpyro.distributions as dist\n"
-        "def load_data():\n    return {'x': jnp.array([0.5, 1.5, 1.0])}\n"
-        "def model(x):\n    m = numpyro.sample('m', dist.Normal(0., 1.))\n"
-        "    with numpyro.plate('n', 3):\n        numpyro.sample('x', dist.Normal(m, 1.), obs=x)\n"
-        "def guide(x):\n    a = numpyro.param('a', 0.)\n"
-        "    numpyro.sample('m', dist.Normal(a, 0.5))\n"
-    )
+    src.write_text(USER_MODEL)
     code = main(
         [
             "fit",
@@ -82,6 +85,29 @@ def test_fit_user_file_with_iwelbo(tmp_path, capsys):
     # Exact posterior mean of m is sum(x) / (n + 1) = 0.75.
     params = json.loads((tmp_path / "o" / "result.json").read_text())["params"]
     assert abs(params["a"] - 0.75) < 0.15
+
+
+def test_compare_prints_the_table_and_the_choice(tmp_path, capsys):
+    src = tmp_path / "mine.py"
+    src.write_text(USER_MODEL)
+    code = main(
+        [
+            "compare",
+            str(src),
+            "--warmup-steps",
+            "0",
+            "--samples",
+            "32",
+            "--no-plots",
+            "--out",
+            str(tmp_path / "c"),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "PathGradient" in out and "Score(MovingAverage)" in out
+    assert "m: " in out  # the choice for site m, with its reason
+    assert (tmp_path / "c" / "comparison.txt").is_file()
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,18 @@
 """vigrad: unbiased per-site gradient estimators for variational inference on NumPyro models."""
 
+from vigrad.diagnostics import (
+    Comparison,
+    GradientStats,
+    Selection,
+    compare_estimators,
+    gradient_variance,
+    khat_message,
+    log_importance_weights,
+    plot_comparison,
+    psis_khat,
+    select_estimators,
+    to_inference_data,
+)
 from vigrad.errors import DataError, EstimatorError, ModelGuideMismatchError, VigradError
 from vigrad.estimators.base import Estimator
 from vigrad.estimators.control_variates import ControlVariate, Learned, LeaveOneOut, MovingAverage
@@ -17,6 +30,17 @@ from vigrad.objectives.renyi import RenyiELBO
 from vigrad.objectives.rws import RWS
 
 __all__ = [
+    "Comparison",
+    "GradientStats",
+    "Selection",
+    "compare_estimators",
+    "gradient_variance",
+    "khat_message",
+    "log_importance_weights",
+    "plot_comparison",
+    "psis_khat",
+    "select_estimators",
+    "to_inference_data",
     "ControlVariate",
     "DataError",
     "DReG",

@@ -90,50 +90,6 @@ def _full_data(fn, zm, data):
     return substitute(fn, data={zm.data_plate: jnp.arange(tr[zm.data_plate]["args"][0])})
 
 
-def _posterior(zm, params, data, num_draws: int, rng_key):
-    """Guide draws of every latent and deterministic model site, with their log weights
-    ``log p(x, z) - log q(z)`` (on all the data, when the model subsamples a data plate)."""
-    import jax
-    from numpyro.handlers import replay, seed, substitute, trace
-
-    model, guide = _full_data(zm.model, zm, data), _full_data(zm.guide, zm, data)
-
-    def log_density(tr, latent_only=False):
-        total = 0.0
-        for site in tr.values():
-            if site["type"] == "sample" and not (latent_only and site["is_observed"]):
-                lp = site["fn"].log_prob(site["value"]).sum()
-                total = total + (lp if site["scale"] is None else site["scale"] * lp)
-        return total
-
-    def draw(key):
-        guide_key, model_key = jax.random.split(key)
-        g = trace(seed(substitute(guide, data=params), guide_key)).get_trace(**data)
-        m = trace(seed(replay(substitute(model, data=params), g), model_key)).get_trace(**data)
-        values = {
-            name: site["value"]
-            for name, site in m.items()
-            if (site["type"] == "sample" and not site["is_observed"])
-            or site["type"] == "deterministic"
-        }
-        return values, log_density(m) - log_density(g, latent_only=True)
-
-    with warnings.catch_warnings():
-        # The data plate is evaluated on every index, not the subsample size it declares.
-        warnings.filterwarnings("ignore", message="subsample_size does not match")
-        return jax.jit(jax.vmap(draw))(jax.random.split(rng_key, num_draws))
-
-
-def khat_message(k: float) -> str:
-    if k < 0.5:
-        return "good: importance sampling with the guide is reliable"
-    if k < 0.7:
-        return "ok: reliable, with slower convergence of importance-weighted estimates"
-    return (
-        "bad: the guide misses posterior mass; do not trust its tails (try IWELBO, a richer guide)"
-    )
-
-
 def _reference_table(reference: dict, draws: dict) -> list[str]:
     import numpy as np
 
@@ -208,6 +164,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     import optax
 
     import vigrad
+    from vigrad.diagnostics import khat_message, to_inference_data
     from vigrad.zoo import load_model
 
     zm = load_model(args.model)
@@ -249,16 +206,28 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if result.message:
         print(f"warning: {result.message}")
 
-    draws, log_w = _posterior(zm, result.params, data, args.draws, draw_key)
-    posterior = {k: np.asarray(v)[None] for k, v in draws.items()}
-    idata = az.from_dict(posterior=posterior, sample_stats={"log_weight": np.asarray(log_w)[None]})
+    with warnings.catch_warnings():
+        # The data plate is evaluated on every index, not the subsample size it declares.
+        warnings.filterwarnings("ignore", message="subsample_size does not match")
+        idata = to_inference_data(
+            result,
+            model=_full_data(zm.model, zm, data),
+            guide=_full_data(zm.guide, zm, data),
+            kwargs=data,
+            num_samples=args.draws,
+            rng_key=draw_key,
+        )
+    posterior = {k: np.asarray(v)[0] for k, v in idata.posterior.data_vars.items()}  # one chain
     summary = az.summary(idata, var_names=list(posterior), kind="stats", hdi_prob=0.94)
-    with np.errstate(invalid="ignore"):
-        _, khat = az.psislw(np.asarray(log_w, dtype=np.float64))
-    khat = float(khat)
+    khat = float(idata.posterior.attrs["psis_khat"])
+    site_khat = {
+        k[len("psis_khat_site_") :]: v
+        for k, v in idata.posterior.attrs.items()
+        if k.startswith("psis_khat_site_")
+    }
     print()
     print(f"Posterior summary ({args.draws} guide draws):")
-    large = [k for k, v in posterior.items() if v[0, 0].size > MAX_PRINTED_ELEMENTS]
+    large = [k for k, v in posterior.items() if v[0].size > MAX_PRINTED_ELEMENTS]
     shown = summary.drop(index=[i for i in summary.index if i.split("[")[0] in large])
     if len(shown):
         print(shown.to_string())
@@ -269,8 +238,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         )
     print()
     print(f"PSIS k-hat of the guide as an importance proposal: {khat:.2f} ({khat_message(khat)})")
+    if site_khat:
+        print("  per site: " + ", ".join(f"{k} {v:.2f}" for k, v in site_khat.items()))
     if zm.reference:
-        print("\n".join(_reference_table(zm.reference, draws)))
+        print("\n".join(_reference_table(zm.reference, posterior)))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -292,11 +263,67 @@ def cmd_fit(args: argparse.Namespace) -> int:
     }
     (out / "result.json").write_text(json.dumps(record, indent=1) + "\n")
     if not args.no_plots:
-        _plots(out, losses, draws, zm.reference)
+        _plots(out, losses, posterior, zm.reference)
     print(
         f"\nwrote {out}/: summary.csv, inference_data.nc, losses.npy, result.json"
         + ("" if args.no_plots else ", loss.png, posterior.png")
     )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import jax
+    import optax
+
+    import vigrad
+    from vigrad.diagnostics import plot_comparison, select_estimators
+    from vigrad.zoo import load_model
+
+    zm = load_model(args.model)
+    data = dict(zm.load_data())
+    num_particles = args.particles or zm.num_particles
+    key = jax.random.key(args.seed)
+    fit_key, compare_key = jax.random.split(key)
+    params = None
+    if args.warmup_steps > 0:
+        # Compare where the fit spends its time: variances change as the guide moves.
+        objective = vigrad.ELBO(num_particles=num_particles, estimators=zm.estimators)
+        print(f"vigrad compare {zm.name}: warm-up fit of {args.warmup_steps} steps first")
+        result = vigrad.fit(
+            zm.model,
+            zm.guide,
+            objective,
+            optax.adam(zm.learning_rate),
+            args.warmup_steps,
+            fit_key,
+            progress_bar=not args.no_progress,
+            **data,
+        )
+        params = result.params
+    else:
+        from numpyro.handlers import seed, trace
+
+        tr = trace(seed(zm.guide, 0)).get_trace(**data)
+        params = {k: v["value"] for k, v in tr.items() if v["type"] == "param"}
+    selection = select_estimators(
+        zm.model,
+        zm.guide,
+        params,
+        num_particles=num_particles,
+        num_samples=args.samples,
+        rng_key=compare_key,
+        **data,
+    )
+    print()
+    print(selection.comparison)
+    print()
+    print(selection.report)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "comparison.txt").write_text(f"{selection.comparison}\n\n{selection.report}\n")
+    if not args.no_plots:
+        plot_comparison(selection.comparison, out / "comparison.png", title=zm.name)
+    print(f"\nwrote {out}/: comparison.txt" + ("" if args.no_plots else ", comparison.png"))
     return 0
 
 
@@ -332,6 +359,26 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--no-progress", action="store_true")
     fit.add_argument("--no-plots", action="store_true")
     fit.set_defaults(run=cmd_fit)
+
+    compare = sub.add_parser(
+        "compare", help="measure each candidate estimator per guide site and pick the best"
+    )
+    compare.add_argument("model", help="zoo model name or path to a .py file")
+    compare.add_argument("--particles", type=int, default=None, help="particles per estimate")
+    compare.add_argument(
+        "--samples", type=int, default=256, help="gradient estimates per candidate"
+    )
+    compare.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=300,
+        help="fit steps before measuring (0: initial guide)",
+    )
+    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--out", default=None, help="output folder (default results/MODEL)")
+    compare.add_argument("--no-progress", action="store_true")
+    compare.add_argument("--no-plots", action="store_true")
+    compare.set_defaults(run=cmd_compare)
 
     models = sub.add_parser("models", help="list the zoo models")
     models.set_defaults(run=cmd_models)
