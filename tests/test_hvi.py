@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+import optax
 import pytest
 from numpy.polynomial.hermite_e import hermegauss
 from unbiased import THRESHOLD, gradient_samples, max_abs_z
@@ -267,3 +268,14 @@ def test_errors():
         IWHVI().loss(key, p, with_reverse(model, discrete_reverse), guide, X)
     with pytest.raises(ValueError, match="num_inner"):
         IWHVI(num_inner=-1)
+
+
+def test_reverse_parameters_found_by_svi_and_trained():
+    """The paired model exposes the reverse model's parameters to numpyro.infer.SVI."""
+    svi = numpyro.infer.SVI(HMODEL, guide, optax.adam(0.05), IWHVI(num_inner=2))
+    state = svi.init(jax.random.key(0), X)
+    assert set(svi.get_params(state)) == set(GUIDE) | set(REVERSE)
+    before = svi.get_params(state)
+    state, _ = jax.jit(svi.update)(state, X)
+    after = svi.get_params(state)
+    assert all(float(after[n]) != float(before[n]) for n in REVERSE)
