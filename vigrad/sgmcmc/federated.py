@@ -101,9 +101,9 @@ def _round_shard(layout: ShardLayout, rng_key: jax.Array, t: jax.Array, local_st
 
 
 def _shard_batch(layout: ShardLayout, s: jax.Array, rng_key: jax.Array, batch_size: int):
-    u = jax.random.uniform(rng_key, (batch_size,))
-    size = jnp.asarray(layout.sizes)[s]
-    pos = jnp.minimum((u * size).astype(jnp.int32), size - 1)
+    # randint, not floor(uniform * size): a float32 uniform has too few values to be uniform
+    # over a large shard.
+    pos = jax.random.randint(rng_key, (batch_size,), 0, jnp.asarray(layout.sizes)[s])
     return jnp.asarray(layout.table)[s, pos]
 
 
@@ -244,8 +244,7 @@ class DSGLD(SGLD):
             mine = (j >= 0) & (j < per_device)
             j = jnp.clip(j, 0, per_device - 1)
             a, k = _with_leaves(args, kwargs, mask, [x[j] for x in clients])
-            u = jax.random.uniform(rng_key, (batch_size,))
-            idx = jnp.minimum((u * sizes[j]).astype(jnp.int32), sizes[j] - 1)
+            idx = jax.random.randint(rng_key, (batch_size,), 0, sizes[j])
             # The model sees ``width`` rows, so its plate scales a batch by width / n.
             weight = jnp.where(mine, sizes[j] / (probs[s] * width), 0.0)
             # Mark the position as per-device, so that ``grad`` gives this device's term and the
