@@ -18,7 +18,9 @@ def run_example(name: str, *argv: str) -> None:
         sys.argv = saved
 
 
-@pytest.mark.parametrize("name, argv", [("mixture_estimators.py", ["--steps", "40"])])
+@pytest.mark.parametrize(
+    "name, argv", [("mixture_estimators.py", ["--steps", "40", "--runs", "enumerate"])]
+)
 def test_example_runs(name, argv, tmp_path, capsys):
     run_example(name, *argv, "--out", str(tmp_path))
     out = capsys.readouterr().out
