@@ -279,3 +279,23 @@ def test_reverse_parameters_found_by_svi_and_trained():
     state, _ = jax.jit(svi.update)(state, X)
     after = svi.get_params(state)
     assert all(float(after[n]) != float(before[n]) for n in REVERSE)
+
+
+def test_unpaired_auxiliary_sites_are_errors():
+    p = params()
+    key = jax.random.key(0)
+
+    def guide_with_extra(x):
+        numpyro.sample("w", dist.Normal(0.0, 1.0))
+        guide(x)
+
+    for objective in (HVI(), IWHVI(num_inner=1)):
+        with pytest.raises(vigrad.ModelGuideMismatchError, match="'w'.*reverse model"):
+            objective.loss(key, p, HMODEL, guide_with_extra, X)
+
+    def reverse_with_extra(latents, x):
+        reverse(latents, x)
+        numpyro.sample("v", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(vigrad.ModelGuideMismatchError, match="'v'"):
+        IWHVI(num_inner=1).loss(key, p, with_reverse(model, reverse_with_extra), guide, X)

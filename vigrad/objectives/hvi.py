@@ -114,6 +114,14 @@ def _require_hierarchical(model: Callable, name: str) -> HierarchicalModel:
     return model
 
 
+def _unpaired_auxiliary(name: str) -> None:
+    raise ModelGuideMismatchError(
+        f"The guide's site '{name}' is neither a latent site of the model nor sampled by the "
+        f"reverse model, so its density cannot be marginalised: sample '{name}' in the reverse "
+        "model given to vigrad.with_reverse."
+    )
+
+
 def _require_no_path_gradient(structure, name: str) -> None:
     for site, est in structure.estimators.items():
         if isinstance(est, PathGradient):
@@ -136,7 +144,13 @@ class HVI(ELBO):
 
     def _estimate(self, rng_key, params, model, guide, args, kwargs):
         _require_hierarchical(model, "HVI")
-        return super()._estimate(rng_key, params, model, guide, args, kwargs)
+        estimate, particles, structure = super()._estimate(
+            rng_key, params, model, guide, args, kwargs
+        )
+        for name, site in structure.guide_trace.items():
+            if site["type"] == "sample" and name not in structure.model_trace:
+                _unpaired_auxiliary(name)
+        return estimate, particles, structure
 
 
 class _Marginal(Program):
@@ -179,12 +193,18 @@ class _Marginal(Program):
             if key is not None and all(guide_site(n) is not None for n in latents):
                 with block():
                     aux = self._auxiliary(hmodel, latents, args, kwargs, params, key)
-                    if all(guide_site(n) is not None for n in aux):
-                        u0 = {n: guide_site(n)["value"] for n in aux}
-                        log_q0, log_q_hat = self.marginal_log_q(
-                            guide, hmodel.reverse, latents, u0, args, kwargs, params, key
-                        )
-                        correction = log_q0 - log_q_hat
+                    for n in aux:
+                        if guide_site(n) is None:
+                            raise ModelGuideMismatchError(
+                                f"The reverse model samples '{n}', which is not a sample site "
+                                "of the guide: the reverse model's sites must be the guide's "
+                                "auxiliary sites."
+                            )
+                    u0 = {n: guide_site(n)["value"] for n in aux}
+                    log_q0, log_q_hat = self.marginal_log_q(
+                        guide, hmodel.reverse, latents, u0, args, kwargs, params, key
+                    )
+                    correction = log_q0 - log_q_hat
             numpyro.factor(MARGINAL_SITE, correction)
 
         return scoring
@@ -226,7 +246,12 @@ class _Marginal(Program):
         key_guide, key_inner = jax.random.split(key)
 
         def log_q(u):
-            return log_density(seed(guide, key_guide), args, kwargs, {**params, **latents, **u})[0]
+            values = {**latents, **u}
+            lq, tr = log_density(seed(guide, key_guide), args, kwargs, {**params, **values})
+            for n, site in tr.items():
+                if site["type"] == "sample" and not site["is_observed"] and n not in values:
+                    _unpaired_auxiliary(n)
+            return lq
 
         def log_r(u, k):
             data = {**params, **(u or {})}
