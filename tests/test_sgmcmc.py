@@ -396,3 +396,51 @@ def test_sharded_clients_and_chains_in_subprocess():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("OK")
+
+
+def linear_regression(x, y):
+    w = numpyro.sample("w", dist.Normal(jnp.zeros(2), 2.0).to_event(1))
+    with numpyro.plate("data", x.shape[0]):
+        xb = numpyro.subsample(x, event_dim=1)
+        numpyro.sample("y", dist.Normal(xb @ w, 1.0), obs=numpyro.subsample(y, event_dim=0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kernel, tol",
+    [
+        (sg.SGLD(2e-4), 0.15),
+        (sg.pSGLD(5e-3), 0.15),
+        (sg.SGHMC(3e-3, friction=20.0), 0.15),
+        (sg.SGLDCV(5e-4, mode_steps=1000), 0.06),
+    ],
+    ids=["SGLD", "pSGLD", "SGHMC", "SGLDCV"],
+)
+def test_long_chains_match_correlated_gaussian_posterior(kernel, tol):
+    """Posterior mean and full covariance of a linear regression with correlated features."""
+    key = jax.random.PRNGKey(11)
+    z = jax.random.normal(key, (500, 2))
+    x = jnp.stack([z[:, 0], 0.8 * z[:, 0] + 0.6 * z[:, 1]], axis=1)
+    y = x @ jnp.array([0.5, -1.0]) + jax.random.normal(jax.random.fold_in(key, 1), (500,))
+    precision = x.T @ x + jnp.eye(2) / 4.0
+    cov = np.asarray(jnp.linalg.inv(precision))
+    mean = cov @ np.asarray(x.T @ y)
+    result = sg.sample(
+        linear_regression,
+        kernel,
+        200_000,
+        50,
+        4,
+        jax.random.PRNGKey(12),
+        x,
+        y,
+        num_warmup=20_000,
+        thinning=20,
+        progress_bar=False,
+    )
+    w = result.samples["w"].reshape(-1, 2)
+    sd = np.sqrt(np.diag(cov))
+    # Mean within 0.15 posterior sd; covariance entries within ``tol`` relative to sd_i sd_j
+    # (documented step-size bias plus Monte Carlo error).
+    assert np.all(np.abs(w.mean(0) - mean) < 0.15 * sd)
+    assert np.all(np.abs(np.cov(w.T) - cov) / np.outer(sd, sd) < tol)
