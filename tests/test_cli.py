@@ -110,6 +110,34 @@ def test_compare_prints_the_table_and_the_choice(tmp_path, capsys):
     assert (tmp_path / "c" / "comparison.txt").is_file()
 
 
+def test_sample_runs_sgld_on_a_zoo_model(tmp_path, capsys):
+    out = tmp_path / "s"
+    argv = [
+        "sample",
+        "logistic_regression",
+        "--samples",
+        "200",
+        "--warmup",
+        "100",
+        "--chains",
+        "2",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "SGLD(step_size=0.003)" in text and "r_hat" in text
+    assert (out / "inference_data.nc").is_file()
+
+
+def test_sample_needs_a_data_plate(tmp_path, capsys):
+    src = tmp_path / "mine.py"
+    src.write_text(USER_MODEL)
+    assert main(["sample", str(src), "--no-progress", "--out", str(tmp_path)]) == 2
+    assert "declares no DATA_PLATE" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

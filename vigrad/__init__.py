@@ -24,12 +24,17 @@ from vigrad.infer.fit import FitResult, NonFiniteLossWarning, fit
 from vigrad.objectives.base import Objective
 from vigrad.objectives.dreg import DReG
 from vigrad.objectives.elbo import ELBO
+from vigrad.objectives.hvi import DIWHVI, HVI, IWHVI, with_reverse
 from vigrad.objectives.iwelbo import IWELBO, VIMCO
 from vigrad.objectives.program import Program, objective
 from vigrad.objectives.renyi import RenyiELBO
 from vigrad.objectives.rws import RWS
 
 __all__ = [
+    "DIWHVI",
+    "HVI",
+    "IWHVI",
+    "with_reverse",
     "Comparison",
     "GradientStats",
     "Selection",

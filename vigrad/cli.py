@@ -327,6 +327,80 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+KERNEL_NAMES = ("sgld", "psgld", "sghmc", "sgldcv")
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import arviz as az
+    import jax
+    import numpy as np
+
+    from vigrad import sgmcmc
+    from vigrad.zoo import load_model
+
+    zm = load_model(args.model)
+    if zm.data_plate is None:
+        raise VigradError(
+            f"{zm.name} declares no DATA_PLATE: stochastic-gradient MCMC draws minibatches from "
+            "the plate over observations. Add DATA_PLATE = '<plate name>' to the model's file."
+        )
+    data = dict(zm.load_data())
+    kernels = {
+        "sgld": sgmcmc.SGLD,
+        "psgld": sgmcmc.pSGLD,
+        "sghmc": sgmcmc.SGHMC,
+        "sgldcv": sgmcmc.SGLDCV,
+    }
+    step_size = args.step_size or zm.sgmcmc_step_size or 1e-4
+    kernel = kernels[args.kernel](step_size=step_size)
+    print(
+        f"vigrad sample {zm.name}: {type(kernel).__name__}(step_size={step_size:g}), "
+        f"{args.chains} chains x {args.samples} steps after {args.warmup} warm-up, "
+        f"batch {args.batch_size}, thinning {args.thinning}"
+    )
+    t0 = time.perf_counter()
+    result = sgmcmc.sample(
+        zm.model,
+        kernel,
+        args.samples,
+        args.batch_size,
+        args.chains,
+        jax.random.key(args.seed),
+        num_warmup=args.warmup,
+        thinning=args.thinning,
+        progress_bar=not args.no_progress,
+        data_plate=zm.data_plate,
+        **data,
+    )
+    seconds = time.perf_counter() - t0
+    print(f"sampled in {seconds:.1f} s (compile included)")
+    idata = result.to_inference_data()
+    posterior = {
+        k: np.asarray(v).reshape(-1, *np.asarray(v).shape[2:])
+        for k, v in idata.posterior.data_vars.items()
+    }
+    summary = az.summary(idata, hdi_prob=0.94)
+    large = [k for k, v in posterior.items() if v[0].size > MAX_PRINTED_ELEMENTS]
+    shown = summary.drop(index=[i for i in summary.index if i.split("[")[0] in large])
+    print()
+    print(f"Posterior summary ({args.chains} chains; ESS and R-hat across chains):")
+    if len(shown):
+        print(shown.to_string())
+    if large:
+        print(
+            f"(in summary.csv only, more than {MAX_PRINTED_ELEMENTS} elements each: "
+            f"{', '.join(large)})"
+        )
+    if zm.reference:
+        print("\n".join(_reference_table(zm.reference, posterior)))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(out / "summary.csv")
+    idata.to_netcdf(str(out / "inference_data.nc"))
+    print(f"\nwrote {out}/: summary.csv, inference_data.nc")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from vigrad.zoo import list_models, load_model
 
@@ -379,6 +453,25 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--no-progress", action="store_true")
     compare.add_argument("--no-plots", action="store_true")
     compare.set_defaults(run=cmd_compare)
+
+    smp = sub.add_parser("sample", help="stochastic-gradient MCMC on a zoo model")
+    smp.add_argument("model", help="zoo model name or path to a .py file (needs DATA_PLATE)")
+    smp.add_argument("--kernel", default="sgld", choices=KERNEL_NAMES)
+    smp.add_argument(
+        "--step-size",
+        type=float,
+        default=None,
+        help="epsilon in theta += eps/2 grad + N(0, eps) (default: the model's, else 1e-4)",
+    )
+    smp.add_argument("--samples", type=int, default=5000, help="steps per chain after warm-up")
+    smp.add_argument("--warmup", type=int, default=1000)
+    smp.add_argument("--batch-size", type=int, default=64)
+    smp.add_argument("--chains", type=int, default=4)
+    smp.add_argument("--thinning", type=int, default=5)
+    smp.add_argument("--seed", type=int, default=0)
+    smp.add_argument("--out", default=None, help="output folder (default results/MODEL)")
+    smp.add_argument("--no-progress", action="store_true")
+    smp.set_defaults(run=cmd_sample)
 
     models = sub.add_parser("models", help="list the zoo models")
     models.set_defaults(run=cmd_models)

@@ -7,7 +7,8 @@ A zoo file is an ordinary Python module exposing:
 * ``load_data()``: returns the model's keyword arguments (small bundled or generated data);
 * optionally ``ESTIMATORS`` (a mapping from guide site to estimator), ``NUM_PARTICLES``, ``STEPS``,
   ``LEARNING_RATE``, ``DATA_PLATE`` (the name of the plate over observations, for SG-MCMC
-  minibatching) and ``REFERENCE`` (a JSON file beside it with the reference posterior: per site
+  minibatching), ``SGMCMC_STEP_SIZE`` (a step size that mixes for ``vigrad sample``) and
+  ``REFERENCE`` (a JSON file beside it with the reference posterior: per site
   ``{"mean": [...], "sd": [...]}`` from a long NUTS run, written by ``scripts/make_references.py``).
 
 The zoo is not an installed package: files are loaded by path, so a user's own file works the same.
@@ -52,6 +53,7 @@ class ZooModel:
     steps: int
     learning_rate: float
     data_plate: str | None
+    sgmcmc_step_size: float | None
     reference_path: Path | None
     reference: dict[str, Any] | None
 
@@ -114,6 +116,7 @@ def load_model(name_or_path: str | os.PathLike) -> ZooModel:
         steps=int(getattr(module, "STEPS", 2000)),
         learning_rate=float(getattr(module, "LEARNING_RATE", 1e-2)),
         data_plate=getattr(module, "DATA_PLATE", None),
+        sgmcmc_step_size=getattr(module, "SGMCMC_STEP_SIZE", None),
         reference_path=ref_path,
         reference=reference,
     )
