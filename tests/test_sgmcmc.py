@@ -444,3 +444,18 @@ def test_long_chains_match_correlated_gaussian_posterior(kernel, tol):
     # (documented step-size bias plus Monte Carlo error).
     assert np.all(np.abs(w.mean(0) - mean) < 0.15 * sd)
     assert np.all(np.abs(np.cov(w.T) - cov) / np.outer(sd, sd) < tol)
+
+
+def test_schedule_and_init_params(data):
+    start = {"mu": jnp.array([[0.0, 0.0], [2.0, -2.0]])}
+    common = dict(num_warmup=0, progress_bar=False, init_params=start)
+    fixed = sg.sample(
+        gaussian_mean, sg.SGLD(5e-4), 20, 8, 2, jax.random.PRNGKey(13), data, **common
+    )
+    schedule = sg.SGLD(sg.polynomial_decay(5e-4, 1.0, 0.0))
+    same = sg.sample(gaussian_mean, schedule, 20, 8, 2, jax.random.PRNGKey(13), data, **common)
+    np.testing.assert_allclose(same.samples["mu"], fixed.samples["mu"], rtol=1e-12)
+    # The first draw is one step away from each chain's own start.
+    assert np.all(np.abs(fixed.samples["mu"][:, 0] - np.asarray(start["mu"])) < 0.5)
+    with pytest.raises(ValueError, match="init_params"):
+        sg.sample(gaussian_mean, sg.SGLD(5e-4), 20, 8, 3, jax.random.PRNGKey(13), data, **common)
