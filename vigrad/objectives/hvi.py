@@ -40,7 +40,6 @@ import jax.numpy as jnp
 import numpyro
 from numpyro.handlers import block, seed, trace
 from numpyro.infer.util import log_density
-from numpyro.primitives import apply_stack
 
 from vigrad.errors import EstimatorError, ModelGuideMismatchError
 from vigrad.estimators.assignment import EstimatorSpec
@@ -55,20 +54,6 @@ MARGINAL_SITE = "vigrad$marginal"
 
 def _latent_values(tr: dict) -> dict[str, jax.Array]:
     return {n: s["value"] for n, s in tr.items() if s["type"] == "sample" and not s["is_observed"]}
-
-
-def _prng_key() -> jax.Array | None:
-    """``numpyro.prng_key()`` as a named message, so that handlers which look sites up by name
-    (the guide-trace context of particles) accept it."""
-    msg = {
-        "type": "prng_key",
-        "name": MARGINAL_SITE + "$key",
-        "fn": lambda rng_key: rng_key,
-        "args": (),
-        "kwargs": {"rng_key": None},
-        "value": None,
-    }
-    return apply_stack(msg)["value"] if numpyro.primitives._PYRO_STACK else None
 
 
 class HierarchicalModel:
@@ -187,7 +172,7 @@ class _Marginal(Program):
                 hmodel.model(*args, **kwargs)
             latents = _latent_values(tr)
             correction = jnp.zeros(())
-            key = _prng_key()
+            key = numpyro.prng_key()
             # Outside a particle (provenance tracking, shape inference) there is no guide draw:
             # the factor keeps its place with value 0.
             if key is not None and all(guide_site(n) is not None for n in latents):
