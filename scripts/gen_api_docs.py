@@ -7,6 +7,7 @@
 import argparse
 import importlib
 import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -24,9 +25,11 @@ OUT = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 
 def _signature(obj) -> str:
     try:
-        return str(inspect.signature(obj))
+        signature = str(inspect.signature(obj))
     except (TypeError, ValueError):
         return ""
+    # Default values that are functions print with their address, which changes every run.
+    return re.sub(r"<function (\S+) at 0x[0-9a-f]+>", r"\1", signature)
 
 
 def _entry(module: str, name: str, obj) -> list[str]:
