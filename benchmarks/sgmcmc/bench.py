@@ -58,7 +58,7 @@ def vigrad_loop(kernel, x, y, steps, key):
     i32 = lambda v: jnp.asarray(v, jnp.int32)  # noqa: E731
 
     def go():
-        out = run(carry, i32(0), i32(steps), i32(1), keys, (), dynamic, steps)
+        out = run(carry, i32(0), i32(steps), i32(1), keys, (), dynamic, steps, steps)
         return jax.block_until_ready(out[1]["w"])
 
     return go

@@ -68,11 +68,11 @@ def _chain_sharding(devices: int | Sequence[jax.Device], num_chains: int):
 
 
 def _build_chunk(target: Target, kernel: Kernel, batch_size: int, static_key: tuple) -> Callable:
-    def one_step(states, t, chain_keys, aux, args, kwargs):
+    def one_step(states, t, chain_keys, keys, aux, args, kwargs):
         step_size = kernel.step_size_at(t)
 
-        def per_chain(state, chain_key):
-            grad_key, noise_key = jax.random.split(jax.random.fold_in(chain_key, t))
+        def per_chain(state, chain_key, keys):
+            grad_key, noise_key = keys[0], keys[1]
 
             def grad_fn(position):
                 return kernel.gradient(
@@ -83,15 +83,22 @@ def _build_chunk(target: Target, kernel: Kernel, batch_size: int, static_key: tu
 
         if chain_keys.shape[0] == 1:
             # One chain: no vmap, so minibatch gathers and products keep their unbatched form.
-            one = per_chain(jax.tree.map(lambda x: x[0], states), chain_keys[0])
+            one = per_chain(jax.tree.map(lambda x: x[0], states), chain_keys[0], keys[0])
             return jax.tree.map(lambda x: x[None], one)
-        return jax.vmap(per_chain)(states, chain_keys)
+        return jax.vmap(per_chain)(states, chain_keys, keys)
 
-    @functools.partial(jax.jit, static_argnums=(7,))
-    def run(carry, start, n_outer, n_inner, chain_keys, aux, dynamic, buffer_size):
+    @functools.partial(jax.jit, static_argnums=(7, 8))
+    def run(carry, start, n_outer, n_inner, chain_keys, aux, dynamic, buffer_size, max_steps):
         # Trip counts are traced, so warm-up, sampling and a short last chunk share one compile;
         # draws go into a buffer of static size (indices past it are clamped and ignored).
         args, kwargs = _join_static(dynamic, static_key)
+        # Step t of chain c uses split(fold_in(chain_key[c], t)). The chunk's keys are derived
+        # in one vectorised call before the loop: a small hash per step inside the loop costs
+        # about as much as the rest of an SGLD step on CPU.
+        ts = start + jnp.arange(max_steps, dtype=jnp.int32)
+        step_keys = jax.vmap(
+            lambda t: jax.vmap(lambda c: jax.random.split(jax.random.fold_in(c, t)))(chain_keys)
+        )(ts)
 
         def body(j, loop):
             # One flat loop over the chunk's steps (a nested loop per draw costs more per step on
@@ -100,7 +107,7 @@ def _build_chunk(target: Target, kernel: Kernel, batch_size: int, static_key: tu
             # finds a divergence from the chunk's final state and locates it in the draws.
             states, buffer = loop
             t = start + j
-            states = one_step(states, t, chain_keys, aux, args, kwargs)
+            states = one_step(states, t, chain_keys, step_keys[j], aux, args, kwargs)
             draw = jax.vmap(target.constrain)(states.position)
             buffer = jax.tree.map(
                 lambda b, d: jax.lax.dynamic_update_index_in_dim(b, d, j // n_inner, 0),
@@ -279,7 +286,15 @@ def sample(
                 n_inner, collect = thinning, True
             i32 = functools.partial(jnp.asarray, dtype=jnp.int32)
             carry, out = run(
-                carry, i32(step), i32(n_outer), i32(n_inner), chain_keys, aux, dynamic, chunk_draws
+                carry,
+                i32(step),
+                i32(n_outer),
+                i32(n_inner),
+                chain_keys,
+                aux,
+                dynamic,
+                chunk_draws,
+                chunk,
             )
             finite = np.asarray(jax.vmap(_all_finite)(carry.position))
             if not finite.all():
