@@ -161,7 +161,7 @@ def main():
             print(f"seed {seed} {e}: test log-lik {lls[-1]:.4f}", flush=True)
 
     epochs = list(range(args.epochs + 1))
-    out = HERE / "results"
+    out = HERE / "measured"
     write_json(
         out / f"{args.arch}.json",
         {

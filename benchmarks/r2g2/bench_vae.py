@@ -178,7 +178,7 @@ def main():
                 )
 
         epochs = list(range(args.epochs + 1))
-        out = HERE / "results"
+        out = HERE / "measured"
         plot_curves(
             out / f"vae{num_layers}_test_neg_elbo.png",
             epochs,
@@ -202,7 +202,7 @@ def main():
         for group, per in variances.items():
             r = np.asarray(per["r2g2"]) / np.asarray(per["rt"])
             print(f"  {group:12s} r2g2/rt variance: " + " ".join(f"{x:.3g}" for x in r))
-    write_json(HERE / "results" / "vae.json", {"args": vars(args), "results": results})
+    write_json(HERE / "measured" / "vae.json", {"args": vars(args), "results": results})
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Markdown tables from the JSON that bench_bnn.py and bench_vae.py write to results/.
+"""Markdown tables from the JSON that bench_bnn.py and bench_vae.py write to measured/.
 
 Usage: python benchmarks/r2g2/report.py
 """
@@ -16,7 +16,7 @@ def fmt(x: float) -> str:
 
 
 def bnn_tables(name: str) -> None:
-    path = HERE / "results" / f"{name}.json"
+    path = HERE / "measured" / f"{name}.json"
     if not path.exists():
         return
     r = json.loads(path.read_text())
@@ -56,7 +56,7 @@ def bnn_tables(name: str) -> None:
 
 
 def vae_tables() -> None:
-    path = HERE / "results" / "vae.json"
+    path = HERE / "measured" / "vae.json"
     if not path.exists():
         return
     r = json.loads(path.read_text())
