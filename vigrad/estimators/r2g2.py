@@ -163,7 +163,9 @@ class R2G2(_GaussianSite):
 
     The site is drawn as ``loc + scale * noise`` (a reparameterised sample, so its own ``log q`` and
     the model's prior on it keep the pathwise gradient); the declared map then carries the
-    Rao-Blackwellised gradient. Unbiased; never higher variance than :class:`~vigrad.Reparam`.
+    Rao-Blackwellised gradient. Unbiased; the map's term of the gradient never has higher
+    variance than under :class:`~vigrad.Reparam` (law of total variance). The whole gradient adds
+    the site's prior and guide terms, so its variance usually, but not provably, drops too.
 
     Args:
         maxiter: cap on conjugate-gradient iterations; ``None`` uses the bound ``rank(A)`` can reach
