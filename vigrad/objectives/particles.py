@@ -280,6 +280,10 @@ def trace_particle(
         model_deps, guide_deps = _downstream(model, guide, args, kwargs, params, latents)
         terms = [(model_tr[m], lp, model_deps[m]) for m, lp in log_p_sites.items()]
         terms += [(guide_tr[g], -lq, guide_deps[g]) for g, lq in log_q_sites.items()]
+        # Each term summed over its non-plate dimensions first: only plate dimensions index
+        # independent elements, and a site outside plates may still have batch dimensions (an
+        # autoguide's unpacked latents, a vector-valued site without to_event).
+        terms = [(site, _reduce_to_plates(t, site["cond_indep_stack"]), d) for site, t, d in terms]
         _check_enumerated(enum_sites, guide_tr, terms, set(latents))
         for name in score_sites + enum_sites:
             frames = guide_tr[name]["cond_indep_stack"]
