@@ -459,3 +459,10 @@ def test_schedule_and_init_params(data):
     assert np.all(np.abs(fixed.samples["mu"][:, 0] - np.asarray(start["mu"])) < 0.5)
     with pytest.raises(ValueError, match="init_params"):
         sg.sample(gaussian_mean, sg.SGLD(5e-4), 20, 8, 3, jax.random.PRNGKey(13), data, **common)
+
+
+def test_fsgld_approximations_must_match_shards_and_latents(data):
+    wrong = sg.GaussianApprox(jnp.zeros((3, 2)), jnp.stack([jnp.eye(2)] * 3))
+    kernel = sg.FSGLD(1e-4, shards=4, approximations=wrong)
+    with pytest.raises(DataError, match=r"means of shape \(4, 2\)"):
+        sg.sample(gaussian_mean, kernel, 10, 5, 1, jax.random.PRNGKey(0), data, progress_bar=False)
