@@ -1,5 +1,6 @@
 """vigrad: unbiased per-site gradient estimators for variational inference on NumPyro models."""
 
+from vigrad import nn, sgmcmc
 from vigrad.diagnostics import (
     Comparison,
     GradientStats,
@@ -18,6 +19,7 @@ from vigrad.estimators.base import Estimator
 from vigrad.estimators.control_variates import ControlVariate, Learned, LeaveOneOut, MovingAverage
 from vigrad.estimators.enum import Enumerate
 from vigrad.estimators.path import PathGradient
+from vigrad.estimators.r2g2 import R2G2, LocalReparam
 from vigrad.estimators.reparam import Reparam
 from vigrad.estimators.score import Score
 from vigrad.infer.fit import FitResult, NonFiniteLossWarning, fit
@@ -31,44 +33,48 @@ from vigrad.objectives.renyi import RenyiELBO
 from vigrad.objectives.rws import RWS
 
 __all__ = [
-    "DIWHVI",
-    "HVI",
-    "IWHVI",
-    "with_reverse",
-    "Comparison",
-    "GradientStats",
-    "Selection",
     "compare_estimators",
-    "gradient_variance",
-    "khat_message",
-    "log_importance_weights",
-    "plot_comparison",
-    "psis_khat",
-    "select_estimators",
-    "to_inference_data",
+    "Comparison",
     "ControlVariate",
     "DataError",
+    "DIWHVI",
     "DReG",
     "ELBO",
     "Enumerate",
-    "IWELBO",
     "Estimator",
-    "FitResult",
-    "NonFiniteLossWarning",
-    "fit",
-    "objective",
     "EstimatorError",
+    "fit",
+    "FitResult",
+    "gradient_variance",
+    "GradientStats",
+    "HVI",
+    "IWELBO",
+    "IWHVI",
+    "khat_message",
     "Learned",
     "LeaveOneOut",
+    "LocalReparam",
+    "log_importance_weights",
     "ModelGuideMismatchError",
     "MovingAverage",
+    "nn",
+    "NonFiniteLossWarning",
+    "objective",
     "Objective",
     "PathGradient",
+    "plot_comparison",
     "Program",
-    "Reparam",
+    "psis_khat",
+    "R2G2",
     "RenyiELBO",
+    "Reparam",
     "RWS",
     "Score",
-    "VIMCO",
+    "select_estimators",
+    "Selection",
+    "sgmcmc",
+    "to_inference_data",
     "VigradError",
+    "VIMCO",
+    "with_reverse",
 ]
