@@ -66,9 +66,10 @@ def test_second_call_does_not_recompile():
 
 
 def _keys_for_cache():
-    from vigrad.infer.fit import _Same, _split_static, init_params
+    from vigrad.infer.fit import _Same, init_params
+    from vigrad.infer.static import split_static
 
-    _, static_key = _split_static((X,), {})
+    _, static_key = split_static((X,), {})
     _, cons = init_params(jax.random.key(0), model, guide, (X,), {})
     return static_key, tuple((n, _Same(cons[n])) for n in sorted(cons))
 

@@ -300,8 +300,9 @@ def build_vigrad(prob: dict, data: tuple, steps: int):
 def vigrad_chunk_inputs(prob: dict, data: tuple, steps: int):
     """The compiled chunk ``vigrad.fit`` calls, with the inputs it passes (private API)."""
     from vigrad.infer import fit as fit_mod
+    from vigrad.infer.static import split_static
 
-    dynamic, static_key = fit_mod._split_static(data, {})
+    dynamic, static_key = split_static(data, {})
     init_key, base_key = jax.random.split(jax.random.key(SEED))
     params_u, cons = fit_mod.init_params(init_key, prob["model"], prob["guide"], data, {})
     cons_key = tuple((n, fit_mod._Same(cons[n])) for n in sorted(cons))
@@ -659,9 +660,10 @@ def stages_worker(contender: str, name: str, steps: int) -> None:
         _stages(train, (state, *data), times)
     elif contender == "vigrad":
         from vigrad.infer import fit as fit_mod
+        from vigrad.infer.static import split_static
 
         t = time.perf_counter()
-        dynamic, static_key = fit_mod._split_static(data, {})
+        dynamic, static_key = split_static(data, {})
         init_key, base_key = jax.random.split(jax.random.key(SEED))
         params_u, cons = fit_mod.init_params(init_key, prob["model"], prob["guide"], data, {})
         jax.block_until_ready(params_u)

@@ -25,7 +25,7 @@ import numpyro.distributions as dist
 from numpyro.infer import MCMC, NUTS
 
 import vigrad.sgmcmc as sg
-from vigrad.infer.fit import _split_static
+from vigrad.infer.static import split_static
 from vigrad.sgmcmc.minibatch import Target
 from vigrad.sgmcmc.sample import _build_chunk
 
@@ -51,7 +51,7 @@ def model(x, y):
 def vigrad_loop(kernel, x, y, steps, key):
     """The compiled loop :func:`vigrad.sgmcmc.sample` runs, built the same way, one chain."""
     target = Target(model, (x, y), {}, key)
-    dynamic, static_key = _split_static((x, y), {})
+    dynamic, static_key = split_static((x, y), {})
     run = _build_chunk(target, kernel, BATCH, static_key)
     carry = jax.vmap(kernel.init)({"w": jnp.zeros((1, D))})
     keys = jax.random.split(key, 1)

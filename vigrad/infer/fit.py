@@ -27,6 +27,7 @@ from numpyro.handlers import replay, seed, trace
 
 from vigrad.infer.checkpoint import load_checkpoint, save_checkpoint
 from vigrad.infer.progress import ChunkProgress
+from vigrad.infer.static import join_static, split_static
 from vigrad.objectives.base import Objective
 
 
@@ -59,29 +60,6 @@ class FitResult:
     message: str | None = None
 
 
-def _split_static(args: tuple, kwargs: dict) -> tuple[list, tuple]:
-    leaves, treedef = jax.tree.flatten((args, kwargs))
-    is_array = tuple(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves)
-    dynamic = [jnp.asarray(leaf) for leaf, a in zip(leaves, is_array, strict=True) if a]
-    static = tuple(None if a else leaf for leaf, a in zip(leaves, is_array, strict=True))
-    key = (treedef, is_array, static)
-    try:
-        hash(key)
-    except TypeError as err:
-        raise TypeError(
-            "fit(): model arguments that are not arrays are treated as static and must be "
-            f"hashable; convert them to arrays or hashable values ({err})"
-        ) from None
-    return dynamic, key
-
-
-def _join_static(dynamic: list, key: tuple) -> tuple[tuple, dict]:
-    treedef, is_array, static = key
-    it = iter(dynamic)
-    leaves = [next(it) if a else s for a, s in zip(is_array, static, strict=True)]
-    return jax.tree.unflatten(treedef, leaves)
-
-
 def init_params(
     rng_key: jax.Array, model: Callable, guide: Callable, args: tuple, kwargs: dict
 ) -> tuple[dict[str, jax.Array], dict[str, Any]]:
@@ -91,7 +69,7 @@ def init_params(
     is compiled on its own, which costs more than compiling them together. An autoguide's first
     call builds its prototype from concrete values, so that one call runs eagerly.
     """
-    dynamic, static_key = _split_static(args, kwargs)
+    dynamic, static_key = split_static(args, kwargs)
     init, compiled_init, cons = _initialiser(model, guide, static_key)
     builds_prototype = getattr(guide, "prototype_trace", False) is None
     params = (init if builds_prototype else compiled_init)(rng_key, dynamic)
@@ -105,7 +83,7 @@ def _initialiser(model: Callable, guide: Callable, static_key: tuple) -> tuple:
     cons = {}
 
     def init(key, dynamic):
-        args, kwargs = _join_static(dynamic, static_key)
+        args, kwargs = join_static(dynamic, static_key)
         guide_tr = trace(seed(guide, key)).get_trace(*args, **kwargs)
         model_tr = trace(seed(replay(model, guide_tr), key)).get_trace(*args, **kwargs)
         params = {}
@@ -155,7 +133,7 @@ def _compiled_chunk(
 ) -> Callable:
     def step(carry, t, base_key, dynamic):
         params_u, opt_state, obj_state, bad_step = carry
-        args, kwargs = _join_static(dynamic, static_key)
+        args, kwargs = join_static(dynamic, static_key)
         key = jax.random.fold_in(base_key, t)
 
         def loss_fn(pu):
@@ -225,7 +203,7 @@ def fit(
             f"fit() needs a vigrad objective such as vigrad.ELBO(), got {type(objective).__name__}"
         )
     chunk_size = int(chunk_size or max(1, math.ceil(num_steps / 20)))
-    dynamic, static_key = _split_static(args, kwargs)
+    dynamic, static_key = split_static(args, kwargs)
     init_key, base_key = jax.random.split(rng_key)
 
     params_u, cons = init_params(init_key, model, guide, args, kwargs)

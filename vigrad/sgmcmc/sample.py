@@ -19,8 +19,8 @@ import numpy as np
 
 from vigrad.errors import DataError
 from vigrad.infer.checkpoint import load_checkpoint, save_checkpoint
-from vigrad.infer.fit import _join_static, _split_static
 from vigrad.infer.progress import ChunkProgress
+from vigrad.infer.static import join_static, split_static
 from vigrad.sgmcmc.kernels import Kernel
 from vigrad.sgmcmc.minibatch import Target
 from vigrad.sgmcmc.results import DivergentChainError, SGMCMCResult
@@ -91,7 +91,7 @@ def _build_chunk(target: Target, kernel: Kernel, batch_size: int, static_key: tu
     def run(carry, start, n_outer, n_inner, chain_keys, aux, dynamic, buffer_size, max_steps):
         # Trip counts are traced, so warm-up, sampling and a short last chunk share one compile;
         # draws go into a buffer of static size (indices past it are clamped and ignored).
-        args, kwargs = _join_static(dynamic, static_key)
+        args, kwargs = join_static(dynamic, static_key)
         # Step t of chain c uses split(fold_in(chain_key[c], t)). The chunk's keys are derived
         # in one vectorised call before the loop: a small hash per step inside the loop costs
         # about as much as the rest of an SGLD step on CPU.
@@ -233,7 +233,7 @@ def sample(
     num_draws = num_samples // thinning
     if num_draws < 1:
         raise ValueError(f"num_samples={num_samples} < thinning={thinning} keeps no draw")
-    dynamic, static_key = _split_static(args, kwargs)
+    dynamic, static_key = split_static(args, kwargs)
     init_key, prep_key, base_key = jax.random.split(rng_key, 3)
     target = Target(model, args, kwargs, init_key, data_plate)
     if batch_size > target.num_data:
@@ -245,7 +245,7 @@ def sample(
     positions = _initial_positions(target, init_key, num_chains, init_params)
 
     def prepare(key, position, dynamic):
-        a, k = _join_static(dynamic, static_key)
+        a, k = join_static(dynamic, static_key)
         return kernel.prepare(target, batch_size, key, position, a, k)
 
     first = jax.tree.map(lambda x: x[0], positions)
