@@ -1,6 +1,6 @@
 """vigrad: unbiased per-site gradient estimators for variational inference on NumPyro models."""
 
-from vigrad import nn, sgmcmc
+from vigrad import flows, nn, sgmcmc
 from vigrad.diagnostics import (
     Comparison,
     GradientStats,
@@ -18,6 +18,7 @@ from vigrad.errors import DataError, EstimatorError, ModelGuideMismatchError, Vi
 from vigrad.estimators.base import Estimator
 from vigrad.estimators.control_variates import ControlVariate, Learned, LeaveOneOut, MovingAverage
 from vigrad.estimators.enum import Enumerate
+from vigrad.estimators.flow_path import FlowPathGradient
 from vigrad.estimators.path import PathGradient
 from vigrad.estimators.r2g2 import R2G2, LocalReparam
 from vigrad.estimators.reparam import Reparam
@@ -45,6 +46,8 @@ __all__ = [
     "EstimatorError",
     "fit",
     "FitResult",
+    "FlowPathGradient",
+    "flows",
     "gradient_variance",
     "GradientStats",
     "HVI",

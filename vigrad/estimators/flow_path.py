@@ -16,17 +16,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
-
 from vigrad.errors import EstimatorError
-from vigrad.estimators.base import Draw
 from vigrad.estimators.path import PathGradient
 
 
 @dataclasses.dataclass(frozen=True)
 class FlowPathGradient(PathGradient):
     """Path gradient with the forward score recursion, for sites drawn from a flow guide
-    (:class:`vigrad.flows.FlowDistribution`, as made by ``flow_sample`` and ``AutoFlow``)."""
+    (:class:`vigrad.flows.FlowDistribution`, as made by ``flow_sample`` and ``AutoFlow``).
+
+    :class:`~vigrad.PathGradient` already takes the fast route on flow sites; this estimator also
+    insists on it, raising an error on a site that is not a flow.
+    """
 
     def check(self, site_name: str, fn: Any) -> None:
         if not hasattr(fn, "path_draw"):
@@ -35,7 +36,3 @@ class FlowPathGradient(PathGradient):
                 "a flow guide distribution. Draw the site with vigrad.flows.flow_sample (or use "
                 "vigrad.flows.AutoFlow), or use vigrad.PathGradient() for other distributions."
             )
-
-    def draw(self, fn: Any, rng_key: jax.Array, sample_shape: tuple[int, ...]) -> Draw:
-        value, log_q = fn.path_draw(rng_key, sample_shape)
-        return Draw(value, log_q=log_q)

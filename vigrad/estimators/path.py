@@ -15,7 +15,7 @@ from typing import Any
 
 import jax
 
-from vigrad.estimators.base import Estimator, require_rsample
+from vigrad.estimators.base import Draw, Estimator, require_rsample
 
 
 def stop_parameters(fn: Any) -> Any:
@@ -36,6 +36,15 @@ class PathGradient(Estimator):
 
     def sample(self, fn: Any, rng_key: jax.Array, sample_shape: tuple[int, ...]) -> jax.Array:
         return fn.rsample(rng_key, sample_shape)
+
+    def draw(self, fn: Any, rng_key: jax.Array, sample_shape: tuple[int, ...]) -> Draw:
+        # Distributions that carry their score forward while sampling (flow guides,
+        # vigrad.flows.FlowDistribution) give the path-gradient log q term without an inverse pass.
+        path_draw = getattr(fn, "path_draw", None)
+        if path_draw is not None:
+            value, log_q = path_draw(rng_key, sample_shape)
+            return Draw(value, log_q=log_q)
+        return Draw(self.sample(fn, rng_key, sample_shape))
 
     def log_q(self, fn: Any, value: jax.Array) -> jax.Array:
         return stop_parameters(fn).log_prob(value)
