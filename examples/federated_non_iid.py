@@ -7,13 +7,13 @@ following one client's posterior, so it drifts and over-disperses as T grows; FS
 conducive gradient of Laplace approximations of every client's likelihood and stays on the exact
 posterior for every T.
 
-    .venv/bin/python examples/federated_non_iid.py [results/federated_non_iid.png]
+    .venv/bin/python examples/federated_non_iid.py [results/federated_non_iid.png] [--steps 60000]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +38,7 @@ def model(x):
         numpyro.sample("obs", dist.Normal(mu, SIGMA), obs=numpyro.subsample(x, event_dim=0))
 
 
-def main(path: str) -> None:
+def main(path: str, steps: int = 60_000, warmup: int = 5_000) -> None:
     jax.config.update("jax_enable_x64", True)
     noise = jax.random.normal(jax.random.PRNGKey(0), (len(CENTRES), PER_CLIENT))
     x = (CENTRES[:, None] + SIGMA * noise).reshape(-1)
@@ -58,12 +58,12 @@ def main(path: str) -> None:
             result = sg.sample(
                 model,
                 kernel,
-                60_000,
+                steps,
                 50,
                 4,
                 jax.random.PRNGKey(1),
                 x,
-                num_warmup=5_000,
+                num_warmup=warmup,
                 thinning=10,
                 progress_bar=False,
             )
@@ -103,4 +103,9 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "results/federated_non_iid.png")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("path", nargs="?", default="results/federated_non_iid.png")
+    parser.add_argument("--steps", type=int, default=60_000, help="steps per chain after warm-up")
+    parser.add_argument("--warmup", type=int, default=5_000)
+    args = parser.parse_args()
+    main(args.path, args.steps, args.warmup)

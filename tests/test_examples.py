@@ -4,8 +4,6 @@ import runpy
 import sys
 from pathlib import Path
 
-import pytest
-
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -18,11 +16,17 @@ def run_example(name: str, *argv: str) -> None:
         sys.argv = saved
 
 
-@pytest.mark.parametrize(
-    "name, argv", [("mixture_estimators.py", ["--steps", "40", "--runs", "enumerate"])]
-)
-def test_example_runs(name, argv, tmp_path, capsys):
-    run_example(name, *argv, "--out", str(tmp_path))
+def test_mixture_example_runs(tmp_path, capsys):
+    run_example(
+        "mixture_estimators.py", "--steps", "40", "--runs", "enumerate", "--out", str(tmp_path)
+    )
+    assert "Enumerate()" in capsys.readouterr().out
+    assert (tmp_path / "loss_traces.png").is_file()
+
+
+def test_federated_example_runs(tmp_path, capsys):
+    plot = tmp_path / "federated.png"
+    run_example("federated_non_iid.py", str(plot), "--steps", "400", "--warmup", "100")
     out = capsys.readouterr().out
-    assert "wrote" in out
-    assert any(p.suffix == ".png" for p in tmp_path.iterdir())
+    assert out.count("| FSGLD |") == 3 and out.count("| DSGLD |") == 3
+    assert plot.is_file()

@@ -392,7 +392,7 @@ def call_breakdown(names: list[str], steps: int, reps: int) -> list[str]:
         f"### Breakdown of one warm vigrad.fit call ({steps} steps, one chunk; medians over "
         f"{reps} calls, ms)",
         "",
-        "| problem | whole call | compiled chunk (incl. dispatch) | init_params (eager) "
+        "| problem | whole call | compiled chunk (incl. dispatch) | init_params "
         "| objective.init_state (re-trace) | everything else |",
         "|---|---:|---:|---:|---:|---:|",
     ]
@@ -667,7 +667,7 @@ def stages_worker(contender: str, name: str, steps: int) -> None:
         init_key, base_key = jax.random.split(jax.random.key(SEED))
         params_u, cons = fit_mod.init_params(init_key, prob["model"], prob["guide"], data, {})
         jax.block_until_ready(params_u)
-        times["setup: init_params (eager)"], t = time.perf_counter() - t, time.perf_counter()
+        times["setup: init_params"], t = time.perf_counter() - t, time.perf_counter()
         cons_key = tuple((n, fit_mod._Same(cons[n])) for n in sorted(cons))
         obj_state = OBJECTIVE.init_state(
             init_key, fit_mod._constrain(params_u, cons_key), prob["model"], prob["guide"], *data
@@ -699,54 +699,13 @@ def stages_worker(contender: str, name: str, steps: int) -> None:
     print(json.dumps({"stages": times}))
 
 
-def init_params_worker(mode: str, name: str) -> None:
-    """One fresh process: vigrad's ``init_params`` run eagerly (as ``fit`` does) or under ``jit``."""
-    from vigrad.infer import fit as fit_mod
-
-    prob = PROBLEMS[name]
-    data = jax.block_until_ready(prob["data"]())
-    key = jax.random.key(SEED)
-    t0 = time.perf_counter()
-    if mode == "eager":
-        params = fit_mod.init_params(key, prob["model"], prob["guide"], data, {})[0]
-    else:
-        init = lambda k, *d: fit_mod.init_params(k, prob["model"], prob["guide"], d, {})[0]
-        params = jax.jit(init)(key, *data)
-    jax.block_until_ready(params)
-    print(json.dumps({"seconds": time.perf_counter() - t0}))
-
-
-def init_params_table(names: list[str], reps: int, threads: int) -> list[str]:
-    env = _xla_env(threads)
-    lines = [
-        f"### vigrad's init_params in a fresh process: eager (as fit runs it) vs under jax.jit "
-        f"(median of {reps} processes, s)",
-        "",
-        "| problem | eager | under jax.jit | ratio |",
-        "|---|---:|---:|---:|",
-    ]
-    for name in names:
-        t = {}
-        for mode in ("eager", "jit"):
-            t[mode] = []
-            for _ in range(reps):
-                cmd = [sys.executable, os.path.abspath(__file__), "--worker", f"init-{mode}", name]
-                cmd += ["--threads", str(threads)]
-                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-                t[mode].append(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
-        e, j = statistics.median(t["eager"]), statistics.median(t["jit"])
-        lines.append(f"| {name} | {e:.3f} | {j:.3f} | {e / j:.1f} |")
-    lines.append("")
-    print("\n".join(lines), flush=True)
-    return lines
-
-
 def e2e_breakdown(names: list[str], steps: int, threads: int) -> list[str]:
     env = _xla_env(threads)
     lines = [
         f"### Stages of a first fit, one fresh process each ({steps} steps, seconds)",
         "",
     ]
+    print("\n".join(lines), flush=True)
     for name in names:
         recs = {}
         for c in ("jax", "numpyro", "vigrad"):
@@ -774,9 +733,6 @@ def e2e_breakdown(names: list[str], steps: int, threads: int) -> list[str]:
 
 
 def worker(contender: str, name: str, steps: int) -> None:
-    if contender.startswith("init-"):
-        init_params_worker(contender[len("init-") :], name)
-        return
     if contender.endswith("-stages"):
         stages_worker(contender[: -len("-stages")], name, steps)
         return
@@ -874,7 +830,6 @@ def main() -> None:
         e2e_table(names, ARGS.steps, ARGS.e2e_reps, ARGS.threads)
         if ARGS.profile:
             e2e_breakdown(names, ARGS.steps, ARGS.threads)
-            init_params_table(names, ARGS.e2e_reps, ARGS.threads)
 
 
 if __name__ == "__main__":
