@@ -90,6 +90,19 @@ def _full_data(fn, zm, data):
     return substitute(fn, data={zm.data_plate: jnp.arange(tr[zm.data_plate]["args"][0])})
 
 
+def _print_summary(summary, posterior: dict) -> None:
+    """The summary table, without sites too large to read (they stay in summary.csv)."""
+    large = [k for k, v in posterior.items() if v[0].size > MAX_PRINTED_ELEMENTS]
+    shown = summary.drop(index=[i for i in summary.index if i.split("[")[0] in large])
+    if len(shown):
+        print(shown.to_string())
+    if large:
+        print(
+            f"(in summary.csv only, more than {MAX_PRINTED_ELEMENTS} elements each: "
+            f"{', '.join(large)})"
+        )
+
+
 def _reference_table(reference: dict, draws: dict) -> list[str]:
     import numpy as np
 
@@ -227,15 +240,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     }
     print()
     print(f"Posterior summary ({args.draws} guide draws):")
-    large = [k for k, v in posterior.items() if v[0].size > MAX_PRINTED_ELEMENTS]
-    shown = summary.drop(index=[i for i in summary.index if i.split("[")[0] in large])
-    if len(shown):
-        print(shown.to_string())
-    if large:
-        print(
-            f"(in summary.csv only, more than {MAX_PRINTED_ELEMENTS} elements each: "
-            f"{', '.join(large)})"
-        )
+    _print_summary(summary, posterior)
     print()
     print(f"PSIS k-hat of the guide as an importance proposal: {khat:.2f} ({khat_message(khat)})")
     if site_khat:
@@ -380,17 +385,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         for k, v in idata.posterior.data_vars.items()
     }
     summary = az.summary(idata, hdi_prob=0.94)
-    large = [k for k, v in posterior.items() if v[0].size > MAX_PRINTED_ELEMENTS]
-    shown = summary.drop(index=[i for i in summary.index if i.split("[")[0] in large])
     print()
     print(f"Posterior summary ({args.chains} chains; ESS and R-hat across chains):")
-    if len(shown):
-        print(shown.to_string())
-    if large:
-        print(
-            f"(in summary.csv only, more than {MAX_PRINTED_ELEMENTS} elements each: "
-            f"{', '.join(large)})"
-        )
+    _print_summary(summary, posterior)
     if zm.reference:
         print("\n".join(_reference_table(zm.reference, posterior)))
     out = Path(args.out)
