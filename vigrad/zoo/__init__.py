@@ -31,11 +31,11 @@ __all__ = ["ZooModel", "list_models", "load_model", "models_dir"]
 
 
 def models_dir() -> Path:
-    """The zoo folder: ``$VIGRAD_MODELS``, else ``models/`` beside the vigrad source tree."""
+    """The zoo folder: ``$VIGRAD_MODELS``, else the ``models/`` folder installed with vigrad."""
     env = os.environ.get("VIGRAD_MODELS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "models"
+    return Path(__file__).resolve().parent / "models"
 
 
 @dataclasses.dataclass(frozen=True)
