@@ -10,7 +10,7 @@ minibatches: the data plate subsamples 256 images per step with the N/n likeliho
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
-from _digits import digits
+from _datasets import digits
 from numpyro.infer.autoguide import AutoNormal
 
 HIDDEN = 32

@@ -11,7 +11,7 @@ contrast it with score-function estimators and their control variates.
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
-from _digits import digits
+from _datasets import digits
 from numpyro.distributions import constraints
 
 import vigrad

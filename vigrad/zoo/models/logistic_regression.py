@@ -2,22 +2,22 @@
 
     w_d ~ Normal(0, 1),  b ~ Normal(0, 5),  y_n ~ Bernoulli(sigmoid(x_n . w + b)).
 
-Features are standardised. The data ship with scikit-learn. The guide is a full-rank Gaussian
-(``AutoMultivariateNormal``): the coefficients of correlated features are correlated a posteriori.
+Features are standardised. The data ship with the zoo (``data/breast_cancer.npz``). The guide is a
+full-rank Gaussian (``AutoMultivariateNormal``): the coefficients of correlated features are
+correlated a posteriori.
 """
 
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
+from _datasets import breast_cancer
 from numpyro.infer.autoguide import AutoMultivariateNormal
 
 
 def load_data():
-    from sklearn.datasets import load_breast_cancer
-
-    data = load_breast_cancer()
-    x = (data.data - data.data.mean(0)) / data.data.std(0)
-    return {"x": jnp.asarray(x, jnp.float32), "y": jnp.asarray(data.target, jnp.float32)}
+    features, labels = breast_cancer()
+    x = (features - features.mean(0)) / features.std(0)
+    return {"x": jnp.asarray(x, jnp.float32), "y": jnp.asarray(labels, jnp.float32)}
 
 
 def model(x, y=None):

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
-from _digits import digits
+from _datasets import digits
 
 LATENT = 4
 HIDDEN = 64
