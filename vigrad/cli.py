@@ -13,6 +13,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from importlib.metadata import version
 from pathlib import Path
 
 from vigrad.errors import VigradError
@@ -408,6 +409,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vigrad", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"vigrad {version('vigrad')}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     fit = sub.add_parser("fit", help="fit a zoo model or a Python file's model and guide")

@@ -1,4 +1,4 @@
-"""Load models by name from the model zoo (plain Python files in ``models/``) or from a user's file.
+"""Load models by name from the model zoo (plain Python files installed with vigrad) or from a file.
 
 A zoo file is an ordinary Python module exposing:
 
@@ -11,7 +11,9 @@ A zoo file is an ordinary Python module exposing:
   ``REFERENCE`` (a JSON file beside it with the reference posterior: per site
   ``{"mean": [...], "sd": [...]}`` from a long NUTS run, written by ``scripts/make_references.py``).
 
-The zoo is not an installed package: files are loaded by path, so a user's own file works the same.
+The zoo's files live in ``vigrad/zoo/models/`` (``models_dir()``; ``$VIGRAD_MODELS`` points the
+zoo at another folder) with their data in ``data/`` and reference posteriors in ``reference/``.
+They are loaded by path, not imported as vigrad modules, so a user's own file works the same.
 """
 
 from __future__ import annotations
