@@ -27,6 +27,17 @@ def max_abs_z(estimates, exact) -> float:
     return float(max(zs))
 
 
+def max_two_sample_z(a, b) -> float:
+    """Largest |z| of the difference of two pytrees of [M, ...] estimates' means."""
+    zs = []
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        se = np.sqrt(x.var(axis=0, ddof=1) / x.shape[0] + y.var(axis=0, ddof=1) / y.shape[0])
+        diff = np.abs(x.mean(axis=0) - y.mean(axis=0))
+        zs.append(np.max(np.where(se > 0, diff / np.where(se > 0, se, 1.0), diff * 1e12)))
+    return float(max(zs))
+
+
 def gradient_samples(loss_fn, params, key, num_samples):
     """[M, ...] gradients of ``loss_fn(key, params)`` over independent keys, vectorised."""
     keys = jax.random.split(key, num_samples)

@@ -29,9 +29,11 @@ from vigrad.objectives.dreg import DReG
 from vigrad.objectives.elbo import ELBO
 from vigrad.objectives.hvi import DIWHVI, HVI, IWHVI, with_reverse
 from vigrad.objectives.iwelbo import IWELBO, VIMCO
-from vigrad.objectives.program import Program, objective
+from vigrad.objectives.context import Draw, Particles, ProgramContext
+from vigrad.objectives.program import Program, log_mean_exp, objective, program
 from vigrad.objectives.renyi import RenyiELBO
 from vigrad.objectives.rws import RWS
+from vigrad.objectives.transform import Estimate
 
 __all__ = [
     "compare_estimators",
@@ -40,8 +42,10 @@ __all__ = [
     "DataError",
     "DIWHVI",
     "DReG",
+    "Draw",
     "ELBO",
     "Enumerate",
+    "Estimate",
     "Estimator",
     "EstimatorError",
     "fit",
@@ -57,6 +61,7 @@ __all__ = [
     "Learned",
     "LeaveOneOut",
     "LocalReparam",
+    "log_mean_exp",
     "log_importance_weights",
     "ModelGuideMismatchError",
     "MovingAverage",
@@ -66,7 +71,10 @@ __all__ = [
     "Objective",
     "PathGradient",
     "plot_comparison",
+    "Particles",
     "Program",
+    "program",
+    "ProgramContext",
     "psis_khat",
     "R2G2",
     "RenyiELBO",

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 
 from vigrad.errors import EstimatorError
+from vigrad.estimators.log_prob import log_prob
 
 
 class Draw(NamedTuple):
@@ -56,7 +57,7 @@ class Estimator:
 
     def log_q(self, fn: Any, value: jax.Array) -> jax.Array:
         """The ``log q`` term of the site, differentiable along the estimator's chosen path."""
-        return fn.log_prob(value)
+        return log_prob(fn, value)
 
 
 def require_rsample(estimator: Estimator, site_name: str, fn: Any) -> None:

@@ -1,77 +1,76 @@
-"""The objective base class: NumPyro's ELBO interface over a program of particles.
+"""The objective base class: NumPyro's ELBO interface over an objective program.
 
-A subclass only writes :meth:`Objective.program`, a differentiable reduction of
-:class:`~vigrad.objectives.particles.Particles` to an
-:class:`~vigrad.objectives.surrogate.Estimate`. Drawing particles under each site's estimator, the
-control variates and the surrogate are shared, so every objective honours every estimator.
+A subclass writes :meth:`Objective.program`, a function of the
+:class:`~vigrad.objectives.context.ProgramContext` returning the estimate to maximise (built-ins
+and user objectives alike). Drawing under each site's estimator, the legality checks, the learning
+signals, the control variates and the surrogate are shared, so every objective honours every
+estimator or refuses it with an error.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import jax
 from numpyro.infer.elbo import ELBO as _NumPyroELBO
 
 from vigrad.estimators.assignment import Assignment, EstimatorSpec, default_estimator
 from vigrad.estimators.base import Estimator
-from vigrad.objectives.particles import Particles, Structure, draw_particles
-from vigrad.objectives.surrogate import (
-    Estimate,
-    init_control_variate_states,
-    surrogate_objective,
-)
+from vigrad.objectives.context import ProgramContext, _Run
+from vigrad.objectives.surrogate import init_control_variate_states, surrogate_objective
+from vigrad.objectives.transform import Estimate, Evaluation, transform
 
 STATE_SITE = "vigrad$state"
 """Name under which an objective's state travels in NumPyro's mutable state."""
 
 
 class Objective(_NumPyroELBO):
-    """A variational objective as a program over particles, with per-site gradient estimators.
+    """A variational objective written as a program, with per-site gradient estimators.
 
     Args:
-        num_particles: number of particles ``K`` drawn per estimate (vectorised with ``vmap``).
-        estimators: per-site estimators: a mapping from guide site name to estimator, or a callable
+        num_particles: number of particles ``K`` the program draws (vectorised with ``vmap``).
+        estimators: per-site estimators: a mapping from site name to estimator, or a callable
             over the site returning an estimator or ``None``. A site's own
             ``infer={"estimator": ...}`` wins over both. Default: :class:`~vigrad.Reparam` where
             the distribution has a reparameterised sampler, :class:`~vigrad.Score` otherwise.
+        leave_one_out: give score-function sites in a block of ``K >= 2`` particles the
+            per-particle baseline ``F_{-k}`` where their signal is the whole estimate.
     """
 
     can_infer_discrete = True
-    # Whether the objective is an expectation of the log weight, so enumerated sites can be summed
-    # out of each particle's log weight (the ELBO); see vigrad.estimators.enum.
-    linear_in_log_weights: ClassVar[bool] = False
+    # Set to False only to show, as a negative control, that a biased combination is detected.
+    check_unbiasedness = True
 
-    def __init__(self, num_particles: int = 1, estimators: EstimatorSpec = None):
+    def __init__(
+        self, num_particles: int = 1, estimators: EstimatorSpec = None, leave_one_out: bool = True
+    ):
         if int(num_particles) < 1:
             raise ValueError(f"num_particles must be at least 1, got {num_particles}")
         super().__init__(num_particles=int(num_particles))
         self.assignment = Assignment(estimators, default=self.default_estimator)
+        self.leave_one_out = bool(leave_one_out)
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
 
     def default_estimator(self, fn: Any) -> Estimator:
         """The estimator of a site that no assignment names."""
         return default_estimator(fn)
 
-    def program(self, particles: Particles) -> Estimate:
-        """Reduce the particles to the objective estimate (override in subclasses)."""
+    def program(self, p: ProgramContext) -> jax.Array | Estimate:
+        """The objective estimate from the context's primitives (override in subclasses)."""
         raise NotImplementedError
 
-    def _estimate(
+    def evaluate(
         self, rng_key: jax.Array, params: dict, model: Callable, guide: Callable, args, kwargs
-    ) -> tuple[Estimate, Particles, Structure]:
-        particles, structure = draw_particles(
-            rng_key,
-            self.num_particles,
-            params,
-            model,
-            guide,
-            args,
-            kwargs,
-            self.assignment,
-            enumerate=self.linear_in_log_weights,
+    ) -> Evaluation:
+        """The program run under the transformation (checks, signals; nothing compiled)."""
+        run = _Run(model, guide, tuple(args), dict(kwargs), params, self.assignment)
+        return transform(
+            self.program, self.name, run, rng_key, self.leave_one_out, self.check_unbiasedness
         )
-        return self.program(particles), particles, structure
 
     def init_state(
         self, rng_key: jax.Array, params: dict, model: Callable, guide: Callable, *args, **kwargs
@@ -80,14 +79,14 @@ class Objective(_NumPyroELBO):
         captured = {}
 
         def signals(rng_key, params):
-            estimate, _, structure = self._estimate(rng_key, params, model, guide, args, kwargs)
-            captured.update(structure=structure, independent=estimate.independent_signals)
-            return estimate.signals
+            evaluation = self.evaluate(rng_key, params, model, guide, args, kwargs)
+            captured.update(nodes=evaluation.nodes, independent=evaluation.independent)
+            return evaluation.signals
 
         # Keys and params enter as arguments, so nothing in the trace runs eagerly on them.
         shapes = jax.eval_shape(signals, rng_key, params)
-        estimate = Estimate(None, None, shapes, captured["independent"])
-        return init_control_variate_states(estimate, captured["structure"], self.num_particles)
+        evaluation = Evaluation(None, None, captured["nodes"], {}, shapes, captured["independent"])
+        return init_control_variate_states(evaluation)
 
     def loss_and_state(
         self,
@@ -100,10 +99,10 @@ class Objective(_NumPyroELBO):
         state: dict[str, Any] | None,
     ) -> tuple[jax.Array, dict[str, Any]]:
         """Loss (negative objective, with unbiased gradient) and the next objective state."""
-        estimate, particles, structure = self._estimate(rng_key, params, model, guide, args, kwargs)
+        evaluation = self.evaluate(rng_key, params, model, guide, args, kwargs)
         if state is None:
-            state = init_control_variate_states(estimate, structure, self.num_particles)
-        objective, new_state = surrogate_objective(estimate, particles, structure, state)
+            state = init_control_variate_states(evaluation)
+        objective, new_state = surrogate_objective(evaluation, state)
         return -objective, new_state
 
     def loss(self, rng_key, param_map, model, guide, *args, **kwargs) -> jax.Array:

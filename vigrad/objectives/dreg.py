@@ -8,10 +8,10 @@ biased. DReG rewrites that score term by a second reparameterisation: with norma
   ``log q`` with stopped parameters (the :class:`~vigrad.PathGradient` log weight);
 * model parameters: ``sum_k v_k grad_theta log w_k``.
 
-Both are formed in one surrogate: the particles are scored twice with the same noise, once as they
-are and once with the guide parameters stopped, so each parameter group receives its own weights.
-Every sampled guide site must use :class:`~vigrad.PathGradient` (the default here). With ``K = 1``
-DReG reduces to sticking the landing.
+Both are formed in one surrogate: the particles are scored twice with the same draws
+(``p.rescore``), once as they are and once with the guide parameters stopped, so each parameter
+group receives its own weights. Every sampled guide site must use :class:`~vigrad.PathGradient`
+(the default here). With ``K = 1`` DReG reduces to sticking the landing.
 """
 
 from __future__ import annotations
@@ -20,16 +20,22 @@ from typing import Any
 
 import jax
 
-from vigrad.errors import EstimatorError
 from vigrad.estimators.assignment import EstimatorSpec
 from vigrad.estimators.base import Estimator
 from vigrad.estimators.path import PathGradient
 from vigrad.objectives.base import Objective
-from vigrad.objectives.particles import draw_particles
+from vigrad.objectives.context import ProgramContext
 from vigrad.objectives.renyi import renyi_bound
-from vigrad.objectives.surrogate import Estimate
+from vigrad.objectives.transform import Estimate
 
 stop = jax.lax.stop_gradient
+
+
+def dreg_surrogate(log_w: jax.Array, model_side_log_w: jax.Array, alpha: float) -> jax.Array:
+    """The doubly reparameterised surrogate of the Rényi-alpha bound (``alpha = 0``: IWELBO)."""
+    v = jax.nn.softmax((1.0 - alpha) * stop(log_w))
+    guide_weight = alpha * v + (1.0 - alpha) * v**2
+    return (stop(guide_weight) * log_w).sum() + (stop(v - guide_weight) * model_side_log_w).sum()
 
 
 class DReG(Objective):
@@ -42,33 +48,15 @@ class DReG(Objective):
             raise ValueError(
                 "DReG(alpha=1) is the ELBO: use vigrad.ELBO with vigrad.PathGradient()"
             )
-        super().__init__(num_particles=num_particles, estimators=estimators)
+        super().__init__(num_particles, estimators)
         self.alpha = float(alpha)
 
     def default_estimator(self, fn: Any) -> Estimator:
         return PathGradient()
 
-    def _estimate(self, rng_key, params, model, guide, args, kwargs):
-        particles, structure = draw_particles(
-            rng_key, self.num_particles, params, model, guide, args, kwargs, self.assignment
-        )
-        for name, est in structure.estimators.items():
-            if not isinstance(est, PathGradient):
-                raise EstimatorError(
-                    f"DReG needs vigrad.PathGradient() on every sampled guide site; site '{name}' "
-                    f"uses {est!r}. Remove its estimator assignment, or use vigrad.VIMCO for "
-                    "score-function sites."
-                )
-        guide_params = {n for n, s in structure.guide_trace.items() if s["type"] == "param"}
-        frozen = {n: stop(v) if n in guide_params else v for n, v in params.items()}
-        model_side, _ = draw_particles(
-            rng_key, self.num_particles, frozen, model, guide, args, kwargs, self.assignment
-        )
-        log_w = particles.log_w
-        v = jax.nn.softmax((1.0 - self.alpha) * stop(log_w))
-        guide_weight = self.alpha * v + (1.0 - self.alpha) * v**2
-        path = (stop(guide_weight) * log_w).sum() + (
-            stop(v - guide_weight) * model_side.log_w
-        ).sum()
-        estimate = Estimate(renyi_bound(log_w, self.alpha), path, {}, False)
-        return estimate, particles, structure
+    def program(self, p: ProgramContext) -> Estimate:
+        particles = p.particles(self.num_particles)
+        model_side = p.rescore(particles, stop="guide")
+        surrogate = dreg_surrogate(particles.log_w, model_side.log_w, self.alpha)
+        value = renyi_bound(particles.log_w, self.alpha)
+        return Estimate(value, surrogate, doubly_reparameterised=True)

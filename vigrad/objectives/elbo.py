@@ -1,9 +1,9 @@
 """The evidence lower bound ``ELBO = E_q[log p(x, z) - log q(z)]``.
 
-With ``K`` particles the estimate is ``(1/K) sum_k log w_k``. The objective is linear in the log
-weights, so each score-function site's learning signal is its Rao-Blackwellised downstream cost in
-its own particle, divided by ``K``; those signals are independent across particles, which makes the
-leave-one-out baseline valid.
+With ``K`` particles the estimate is ``(1/K) sum_k log w_k``, a program linear in the log weights:
+each score-function site's learning signal is its Rao-Blackwellised downstream cost in its own
+particle divided by ``K`` (so leave-one-out baselines are valid), sticking-the-landing sites are
+unbiased, and enumerated sites are summed out of each particle's log weight.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from vigrad.objectives.base import Objective
-from vigrad.objectives.particles import Particles
-from vigrad.objectives.surrogate import Estimate
+from vigrad.objectives.context import ProgramContext
 
 
 class ELBO(Objective):
@@ -24,10 +23,8 @@ class ELBO(Objective):
         svi = numpyro.infer.SVI(model, guide, optax.adam(1e-2), loss)
     """
 
+    # Read by estimator selection: enumeration candidates apply to objectives linear in log w.
     linear_in_log_weights = True
 
-    def program(self, particles: Particles) -> Estimate:
-        k = particles.log_w.shape[0]
-        value = jnp.mean(particles.log_w)
-        signals = {site: cost / k for site, cost in particles.costs.items()}
-        return Estimate(value, value, signals, independent_signals=True)
+    def program(self, p: ProgramContext):
+        return jnp.mean(p.particles(self.num_particles).log_w)

@@ -15,10 +15,12 @@ sites, with its own ``numpyro.param`` sites, trained with the guide) turns it in
 * :class:`DIWHVI`: the same marginal estimate inside the importance-weighted bound over ``K`` outer
   particles, ``E[log (1/K) sum_k p(x, z_k) / q^_M(z_k)]``.
 
-The same construction as ``genjax.vi``'s marginal objectives (Becker, Lew et al., PLDI 2024), built
-on vigrad's programs: the model is paired with its reverse model by :func:`with_reverse`, and the
-marginal estimate enters each particle's log weight through a factor of the model, so every guide
-site keeps its own estimator and the objectives are ordinary :class:`~vigrad.Program` objectives.
+The same construction as ``genjax.vi``'s ``marginal`` objectives (Becker, Lew et al., PLDI 2024),
+written as vigrad programs (:meth:`IWHVI.program`, a dozen lines): the model is paired with its
+reverse model by :func:`with_reverse`, each particle draws the guide with its per-site estimators,
+scores the latents under the model, and estimates ``log q(z)`` from inner draws of the reverse
+model. Sticking-the-landing sites are refused in IWHVI and DIWHVI (the marginal estimate is not
+linear in ``log q``) and allowed in HVI (an ELBO).
 
 Example::
 
@@ -37,19 +39,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpyro
-from numpyro.handlers import block, seed, trace
-from numpyro.infer.util import log_density
+from numpyro.handlers import trace
 
-from vigrad.errors import EstimatorError, ModelGuideMismatchError
+from vigrad.errors import ModelGuideMismatchError
 from vigrad.estimators.assignment import EstimatorSpec
-from vigrad.estimators.path import PathGradient
+from vigrad.objectives.base import Objective
+from vigrad.objectives.context import ProgramContext
 from vigrad.objectives.elbo import ELBO
-from vigrad.objectives.particles import guide_site
-from vigrad.objectives.program import Program, log_mean_exp
-
-MARGINAL_SITE = "vigrad$marginal"
-"""Name of the model factor that carries ``log q(z, u_0) - log q^_M(z)`` into the log weight."""
+from vigrad.objectives.program import log_mean_exp
 
 
 def _latent_values(tr: dict) -> dict[str, jax.Array]:
@@ -82,9 +79,7 @@ def with_reverse(model: Callable, reverse: Callable) -> HierarchicalModel:
     """Pair ``model`` with the reverse model ``reverse(latents, *args, **kwargs)``.
 
     ``reverse`` samples every auxiliary site of the guide (a guide sample site the model does not
-    have) given the model's latents, from distributions with learnable ``numpyro.param`` sites;
-    :class:`IWHVI` and :class:`DIWHVI` also draw from it, so there its distributions must be
-    reparameterisable.
+    have) given the model's latents, from distributions with learnable ``numpyro.param`` sites.
     """
     return HierarchicalModel(model, reverse)
 
@@ -107,16 +102,6 @@ def _unpaired_auxiliary(name: str) -> None:
     )
 
 
-def _require_no_path_gradient(structure, name: str) -> None:
-    for site, est in structure.estimators.items():
-        if isinstance(est, PathGradient):
-            raise EstimatorError(
-                f"{name}: site '{site}' uses {est!r}, whose stopped-parameter log q is not an "
-                "unbiased estimator inside the marginal estimate of log q(z). Use vigrad.Reparam() "
-                "or vigrad.Score() for it, or vigrad.HVI, where PathGradient is valid."
-            )
-
-
 class HVI(ELBO):
     """The HVI bound ``E_q[log p(x, z) + log r(u | z) - log q(u, z)]``: the ELBO of
     :func:`with_reverse` ``(model, reverse)``. Every estimator (and every control variate) of the
@@ -127,135 +112,55 @@ class HVI(ELBO):
         estimators: per-site estimators (as for :class:`vigrad.ELBO`).
     """
 
-    def _estimate(self, rng_key, params, model, guide, args, kwargs):
-        _require_hierarchical(model, "HVI")
-        estimate, particles, structure = super()._estimate(
-            rng_key, params, model, guide, args, kwargs
-        )
-        for name, site in structure.guide_trace.items():
-            if site["type"] == "sample" and name not in structure.model_trace:
-                _unpaired_auxiliary(name)
-        return estimate, particles, structure
+    def program(self, p: ProgramContext):
+        _require_hierarchical(p.model, "HVI")
+        particles = p.particles(self.num_particles)
+        for name in set(particles.sites.guide_latents) - set(particles.sites.model_latents):
+            _unpaired_auxiliary(name)
+        return jnp.mean(particles.log_w)
 
 
-class _Marginal(Program):
-    """A program over log weights whose ``log q(z)`` is the importance-sampled estimate."""
+def marginal_log_weight(p: ProgramContext, num_inner: int) -> jax.Array:
+    """One particle's ``log p(x, z) - log q^_M(z)``, with the importance-sampled estimate
+    ``log q^_M(z) = log (1/(M+1)) sum_{m=0}^{M} q(z, u_m) / r(u_m | z)``: ``u_0`` is the guide's own
+    draw, ``u_1..u_M`` are drawn from the reverse model (with their estimators' paths)."""
+    hmodel = _require_hierarchical(p.model, "IWHVI and DIWHVI")
+    guide = p.sample(p.guide)
+    latents = p.score(hmodel.model, guide.values, *p.args, **p.kwargs)
+    auxiliary = {n: v for n, v in guide.values.items() if n not in latents.values}
+    log_r0 = p.score(hmodel.reverse, auxiliary, latents.values, *p.args, **p.kwargs)
+    for name in set(auxiliary) - set(log_r0.values):
+        _unpaired_auxiliary(name)
+
+    def inner(p: ProgramContext) -> jax.Array:
+        u = p.sample(hmodel.reverse, latents.values, *p.args, **p.kwargs)
+        return p.score(p.guide, {**latents.values, **u.values}).log_prob - u.log_prob
+
+    terms = (guide.log_prob - log_r0.log_prob)[None]
+    if num_inner > 0:
+        terms = jnp.concatenate([terms, p.particles(num_inner, inner)])
+    return latents.log_prob - log_mean_exp(terms)
+
+
+class _Marginal(Objective):
+    """``F`` over ``K`` particles of :func:`marginal_log_weight` with ``M`` inner draws."""
 
     def __init__(
         self,
-        fn: Callable[[jax.Array], jax.Array],
+        reduce: Callable[[jax.Array], jax.Array],
         num_inner: int,
         num_particles: int,
         estimators: EstimatorSpec,
     ):
         if int(num_inner) < 0:
             raise ValueError(f"num_inner must be at least 0, got {num_inner}")
-        super().__init__(fn, num_particles, estimators, leave_one_out=int(num_particles) >= 2)
+        super().__init__(num_particles, estimators)
         self.num_inner = int(num_inner)
+        self.reduce = reduce
 
-    def _estimate(self, rng_key, params, model, guide, args, kwargs):
-        name = type(self).__name__
-        hmodel = _require_hierarchical(model, name)
-        scoring = self._scoring_model(hmodel, guide, params)
-        estimate, particles, structure = super()._estimate(
-            rng_key, params, scoring, guide, args, kwargs
-        )
-        _require_no_path_gradient(structure, name)
-        return estimate, particles, structure
-
-    def _scoring_model(self, hmodel: HierarchicalModel, guide: Callable, params: dict) -> Callable:
-        """The model whose log density is ``log p(x, z) + log q(z, u_0) - log q^_M(z)``: with the
-        guide's ``log q(z, u_0)`` the particle's log weight is ``log p(x, z) - log q^_M(z)``."""
-
-        def scoring(*args, **kwargs):
-            with trace() as tr:
-                hmodel.model(*args, **kwargs)
-            latents = _latent_values(tr)
-            correction = jnp.zeros(())
-            key = numpyro.prng_key()
-            # Outside a particle (provenance tracking, shape inference) there is no guide draw:
-            # the factor keeps its place with value 0.
-            if key is not None and all(guide_site(n) is not None for n in latents):
-                with block():
-                    aux = self._auxiliary(hmodel, latents, args, kwargs, params, key)
-                    for n in aux:
-                        if guide_site(n) is None:
-                            raise ModelGuideMismatchError(
-                                f"The reverse model samples '{n}', which is not a sample site "
-                                "of the guide: the reverse model's sites must be the guide's "
-                                "auxiliary sites."
-                            )
-                    u0 = {n: guide_site(n)["value"] for n in aux}
-                    log_q0, log_q_hat = self.marginal_log_q(
-                        guide, hmodel.reverse, latents, u0, args, kwargs, params, key
-                    )
-                    correction = log_q0 - log_q_hat
-            numpyro.factor(MARGINAL_SITE, correction)
-
-        return scoring
-
-    @staticmethod
-    def _auxiliary(hmodel, latents, args, kwargs, params, key) -> list[str]:
-        tr = trace(seed(numpyro.handlers.substitute(hmodel.reverse, data=params), key))
-        sites = tr.get_trace(latents, *args, **kwargs)
-        aux = []
-        for n, s in sites.items():
-            if s["type"] != "sample" or s["is_observed"]:
-                continue
-            if not getattr(s["fn"], "has_rsample", False):
-                raise EstimatorError(
-                    f"The reverse model draws the inner samples of auxiliary site '{n}', but "
-                    f"{type(s['fn']).__name__} has no reparameterised sampler (has_rsample=False). "
-                    "Use a reparameterisable distribution in the reverse model, or vigrad.HVI, "
-                    "which only evaluates it."
-                )
-            aux.append(n)
-        return aux
-
-    def marginal_log_q(
-        self,
-        guide: Callable,
-        reverse: Callable,
-        latents: dict[str, jax.Array],
-        u0: dict[str, jax.Array],
-        args: tuple,
-        kwargs: dict,
-        params: dict,
-        key: jax.Array,
-    ) -> tuple[jax.Array, jax.Array]:
-        """``log q(z, u_0)`` and ``log q^_M(z) = log (1/(M+1)) sum_m q(z, u_m) / r(u_m | z)``.
-
-        ``u_0`` is the guide's draw; ``u_1..u_M`` are drawn from the reverse model with their
-        reparameterised path, so ``r``'s parameters get a pathwise gradient.
-        """
-        key_guide, key_inner = jax.random.split(key)
-
-        def log_q(u):
-            values = {**latents, **u}
-            lq, tr = log_density(seed(guide, key_guide), args, kwargs, {**params, **values})
-            for n, site in tr.items():
-                if site["type"] == "sample" and not site["is_observed"] and n not in values:
-                    _unpaired_auxiliary(n)
-            return lq
-
-        def log_r(u, k):
-            data = {**params, **(u or {})}
-            lr, tr = log_density(seed(reverse, k), (latents, *args), kwargs, data)
-            return lr, _latent_values(tr)
-
-        log_q0 = log_q(u0)
-        terms = [log_q0 - log_r(u0, key_inner)[0]]
-        if self.num_inner > 0:
-
-            def inner(k):
-                lr, u = log_r(None, k)
-                return log_q(u) - lr
-
-            keys = jax.random.split(key_inner, self.num_inner)
-            terms = jnp.concatenate([jnp.stack(terms), jax.vmap(inner)(keys)])
-        else:
-            terms = jnp.stack(terms)
-        return log_q0, log_mean_exp(terms)
+    def program(self, p: ProgramContext):
+        log_w = p.particles(self.num_particles, lambda p: marginal_log_weight(p, self.num_inner))
+        return self.reduce(log_w)
 
 
 class IWHVI(_Marginal):

@@ -27,44 +27,47 @@ from numpyro.primitives import Messenger
 from vigrad.errors import DataError, EstimatorError, ModelGuideMismatchError
 from vigrad.estimators.assignment import Assignment
 from vigrad.estimators.base import Estimator
+from vigrad.estimators.log_prob import log_prob
 
 
-class Particles(NamedTuple):
-    """Per-particle quantities, each with a leading particle axis ``K``.
+class ParticleDraw(NamedTuple):
+    """The arrays of one particle (a pytree; a leading particle axis is added by ``vmap``).
 
     Attributes:
-        log_w: ``[K]`` log weights ``log p(x, z_k) - log q(z_k)``, differentiable along each site's
-            estimator path.
-        log_p: ``[K]`` the model part of ``log_w``.
-        log_q: ``[K]`` the guide part of ``log_w``.
-        score_log_q: site -> ``[K, *plates]`` ``log q`` of each score-function site (no subsampling
+        log_p: the model's log density ``log p(x, z)`` (observed and latent sites, factors).
+        log_q: the guide's log density ``log q(z)``, each site's term along its estimator's path.
+        values: the guide's latent values by site name.
+        score_log_q: site -> ``[*plates]`` ``log q`` of each score-function site (no subsampling
             scale), differentiable in the guide parameters only.
-        costs: site -> ``[K, *plates]`` the stopped Rao-Blackwellised downstream cost of each
-            score-function site.
+        cost_p: site -> ``[*plates]`` the stopped model log densities downstream of each
+            score-function site (Rao-Blackwellised, found by provenance tracking).
+        cost_q: site -> ``[*plates]`` the stopped guide log densities downstream of it.
         enum_weights: site -> ``q(z = branch value)`` per element of each enumerated site, in one
-            branch (internal to enumeration; empty in the particles objectives see).
+            branch (internal to enumeration).
         enum_costs: site -> the differentiable downstream cost of each enumerated site, reduced
             to its plates, in one branch (internal to enumeration).
     """
 
-    log_w: jax.Array
     log_p: jax.Array
     log_q: jax.Array
+    values: dict[str, jax.Array]
     score_log_q: dict[str, jax.Array]
-    costs: dict[str, jax.Array]
+    cost_p: dict[str, jax.Array]
+    cost_q: dict[str, jax.Array]
     enum_weights: dict[str, jax.Array] = {}
     enum_costs: dict[str, jax.Array] = {}
 
 
-@dataclasses.dataclass
-class Structure:
-    """Static facts about one particle's traces, recorded while tracing."""
+@dataclasses.dataclass(frozen=True)
+class ParticleSites:
+    """Static facts about one particle's traces, read while tracing it."""
 
-    estimators: dict[str, Estimator] = dataclasses.field(default_factory=dict)
-    score_sites: tuple[str, ...] = ()
-    enumerated: dict[str, int] = dataclasses.field(default_factory=dict)
-    guide_trace: dict[str, Any] | None = None
-    model_trace: dict[str, Any] | None = None
+    estimators: dict[str, Estimator]
+    score_sites: tuple[str, ...]
+    enumerated: dict[str, int]
+    guide_params: frozenset[str]
+    guide_latents: tuple[str, ...]
+    model_latents: tuple[str, ...]
 
 
 class _SampleWithEstimators(Messenger):
@@ -106,7 +109,7 @@ class _SampleWithEstimators(Messenger):
         branch = jnp.zeros((), jnp.int32) if self.branch is None else self.branch
         value, real = estimator.branch_value(fn, branch, msg["kwargs"]["sample_shape"])
         msg["value"] = value
-        self.enum_weights[name] = jnp.where(real, jnp.exp(fn.log_prob(value)), 0.0)
+        self.enum_weights[name] = jnp.where(real, jnp.exp(log_prob(fn, value)), 0.0)
         msg["infer"] = {**(msg["infer"] or {}), "vigrad_estimator": estimator}
 
 
@@ -234,13 +237,13 @@ def trace_particle(
     args: tuple,
     kwargs: dict,
     assignment: Assignment,
-    structure: Structure,
     branch: jax.Array | None = None,
-) -> Particles:
-    """One particle (no particle axis); fills ``structure`` as a side effect of tracing.
+) -> tuple[ParticleDraw, ParticleSites]:
+    """One particle (no particle axis) and the static facts read while tracing it.
 
     ``rng_key`` holds two keys, for the guide and the model. ``branch`` selects the support value
-    of every enumerated site (see :mod:`vigrad.estimators.enum`).
+    of every enumerated site (see :mod:`vigrad.estimators.enum`). The guide's observed sites and
+    factors belong to ``log q``, as in NumPyro's ELBOs.
     """
     key_guide, key_model = rng_key
     sampler = _SampleWithEstimators(
@@ -255,64 +258,82 @@ def trace_particle(
     _check_traces(model_tr, guide_tr, assignment)
 
     log_p_sites = {
-        n: _scaled(s, s["fn"].log_prob(s["value"]))
+        n: _scaled(s, log_prob(s["fn"], s["value"]))
         for n, s in model_tr.items()
         if s["type"] == "sample"
     }
     log_q_sites = {}
     for n, s in guide_tr.items():
-        if s["type"] != "sample" or s["is_observed"]:
+        if s["type"] != "sample":
             continue
         est = chosen.get(n)
         if n in sampler.log_q_terms:
             lq = sampler.log_q_terms[n]
         elif est is None or n in sampler.enumerated:
-            lq = s["fn"].log_prob(s["value"])
+            lq = log_prob(s["fn"], s["value"])
         else:
             lq = est.log_q(s["fn"], s["value"])
         log_q_sites[n] = _scaled(s, lq)
 
     score_sites = tuple(n for n, est in chosen.items() if est.is_score)
     enum_sites = tuple(sampler.enumerated)
-    score_log_q, costs, enum_costs = {}, {}, {}
+    score_log_q, cost_p, cost_q, enum_costs = {}, {}, {}, {}
     if score_sites or enum_sites:
         latents = {n: guide_tr[n]["value"] for n in score_sites + enum_sites}
         model_deps, guide_deps = _downstream(model, guide, args, kwargs, params, latents)
-        terms = [(model_tr[m], lp, model_deps[m]) for m, lp in log_p_sites.items()]
-        terms += [(guide_tr[g], -lq, guide_deps[g]) for g, lq in log_q_sites.items()]
+        terms = [(model_tr[m], lp, model_deps[m], True) for m, lp in log_p_sites.items()]
+        terms += [(guide_tr[g], lq, guide_deps[g], False) for g, lq in log_q_sites.items()]
         # Each term summed over its non-plate dimensions first: only plate dimensions index
         # independent elements, and a site outside plates may still have batch dimensions (an
         # autoguide's unpacked latents, a vector-valued site without to_event).
-        terms = [(site, _reduce_to_plates(t, site["cond_indep_stack"]), d) for site, t, d in terms]
+        terms = [
+            (site, _reduce_to_plates(t, site["cond_indep_stack"]), d, is_p)
+            for site, t, d, is_p in terms
+        ]
         _check_enumerated(enum_sites, guide_tr, terms, set(latents))
         for name in score_sites + enum_sites:
             frames = guide_tr[name]["cond_indep_stack"]
-            cost = MultiFrameTensor()
-            for site, term, deps in terms:
+            costs = {True: MultiFrameTensor(), False: MultiFrameTensor()}
+            for site, term, deps, is_p in terms:
                 if name in deps:
-                    cost.add((site["cond_indep_stack"], term))
-            c = _reduce_to_plates(cost.sum_to(frames), frames)
+                    costs[is_p].add((site["cond_indep_stack"], term))
+            c_p, c_q = (_reduce_to_plates(costs[s].sum_to(frames), frames) for s in (True, False))
             if name in sampler.enumerated:
-                enum_costs[name] = c
+                enum_costs[name] = c_p - c_q
                 continue
             site = guide_tr[name]
             # The score term uses the unscaled log q: the subsampling scale is already in the cost.
-            lq = _reduce_to_plates(site["fn"].log_prob(site["value"]), frames)
-            shape = jnp.broadcast_shapes(lq.shape, c.shape)
+            lq = _reduce_to_plates(log_prob(site["fn"], site["value"]), frames)
+            shape = jnp.broadcast_shapes(lq.shape, c_p.shape, c_q.shape)
             score_log_q[name] = jnp.broadcast_to(lq, shape)
-            costs[name] = jax.lax.stop_gradient(jnp.broadcast_to(c, shape))
+            cost_p[name] = jax.lax.stop_gradient(jnp.broadcast_to(c_p, shape))
+            cost_q[name] = jax.lax.stop_gradient(jnp.broadcast_to(c_q, shape))
 
     log_p = sum((jnp.sum(v) for v in log_p_sites.values()), start=jnp.zeros(()))
     log_q = sum((jnp.sum(v) for v in log_q_sites.values()), start=jnp.zeros(()))
-
-    structure.estimators = chosen
-    structure.score_sites = score_sites
-    structure.enumerated = dict(sampler.enumerated)
-    structure.guide_trace = guide_tr
-    structure.model_trace = model_tr
-    return Particles(
-        log_p - log_q, log_p, log_q, score_log_q, costs, dict(sampler.enum_weights), enum_costs
+    latent = lambda tr: tuple(
+        n for n, s in tr.items() if s["type"] == "sample" and not s["is_observed"]
     )
+    sites = ParticleSites(
+        estimators=dict(chosen),
+        score_sites=score_sites,
+        enumerated=dict(sampler.enumerated),
+        guide_params=frozenset(n for n, s in guide_tr.items() if s["type"] == "param"),
+        guide_latents=latent(guide_tr),
+        model_latents=latent(model_tr),
+    )
+    values = {n: guide_tr[n]["value"] for n in sites.guide_latents}
+    draw = ParticleDraw(
+        log_p,
+        log_q,
+        values,
+        score_log_q,
+        cost_p,
+        cost_q,
+        dict(sampler.enum_weights),
+        enum_costs,
+    )
+    return draw, sites
 
 
 def _check_enumerated(
@@ -332,7 +353,7 @@ def _check_enumerated(
                     "Declare the dimension with a plate, or use vigrad.Score() for this site."
                 )
         frames = {f.name for f in site["cond_indep_stack"]}
-        for term_site, _, deps in terms:
+        for term_site, _, deps, _ in terms:
             if name not in deps:
                 continue
             others = sorted((deps & tracked) - {name})
@@ -351,61 +372,43 @@ def _check_enumerated(
                 )
 
 
-def draw_particles(
+def standard_particle(
     rng_key: jax.Array,
-    num_particles: int,
     params: dict,
     model: Callable,
     guide: Callable,
     args: tuple,
     kwargs: dict,
     assignment: Assignment,
-    enumerate: bool = False,
-) -> tuple[Particles, Structure]:
-    """``num_particles`` independent particles, vectorised with ``jax.vmap`` over keys.
+) -> tuple[ParticleDraw, ParticleSites]:
+    """One particle of ``guide`` scored under ``model``, its enumerated sites summed out.
 
-    With ``enumerate`` (objectives linear in the log weight, i.e. the ELBO), sites with the
-    :class:`~vigrad.estimators.enum.Enumerate` estimator are summed out: each particle's ``log_w``
-    is then its expected log weight over those sites, ``costs`` and ``score_log_q`` belong to the
-    other sites. Without it, an enumerated site is an error.
+    Sites with the :class:`~vigrad.estimators.enum.Enumerate` estimator are summed out of the log
+    weight: the particle's ``log p - log q`` is then its expected log weight over those sites, and
+    ``cost_p``/``cost_q``/``score_log_q`` belong to the other sites. That is the right quantity only
+    for objectives linear in the log weight, which the program transformation checks.
     """
-    structure = Structure()
-    keys = jax.random.split(rng_key, (num_particles, 2))
-
-    def over_particles(one):
-        if num_particles == 1:
-            # The same particle without the batching a size-1 vmap adds to small models' steps.
-            return jax.tree.map(lambda x: jnp.expand_dims(x, 0), one(keys[0]))
-        return jax.vmap(one)(keys)
-
-    trace_one = lambda key, branch=None: trace_particle(
-        key, params, model, guide, args, kwargs, assignment, structure, branch
+    trace_one = lambda branch=None: trace_particle(
+        rng_key, params, model, guide, args, kwargs, assignment, branch
     )
-    particles = over_particles(trace_one)
-    if not structure.enumerated:
-        return particles, structure
-    if not enumerate:
-        raise EstimatorError(
-            f"Enumerate() on {sorted(structure.enumerated)}: this objective combines log weights "
-            "non-linearly, so sites cannot be summed out of it. Use vigrad.ELBO, or "
-            "vigrad.Score() for these sites (multi-sample objectives give it per-particle "
-            "baselines)."
-        )
+    draw, sites = trace_one()
+    if not sites.enumerated:
+        return draw, sites
     # The trace above found the enumerated sites; its values are unused and compiled away.
-    branches = jnp.arange(max(structure.enumerated.values()))
-    expected = lambda key: _sum_out(jax.vmap(lambda b: trace_one(key, b))(branches))
-    return over_particles(expected), structure
+    branches = jnp.arange(max(sites.enumerated.values()))
+    per_branch = jax.vmap(lambda b: trace_one(b)[0])(branches)
+    return _sum_out(per_branch), sites
 
 
-def _sum_out(per_branch: Particles) -> Particles:
+def _sum_out(per_branch: ParticleDraw) -> ParticleDraw:
     """One particle's expected log weight over its enumerated sites, from its ``[B]`` branches:
     ``log w(branch 0) + sum_sites sum_elements sum_b q(b) (cost(b) - cost(branch 0))``."""
     first = jax.tree.map(lambda x: x[0], per_branch)
-    log_w = first.log_w
+    log_w = first.log_p - first.log_q
     for name, cost in per_branch.enum_costs.items():
         weight = per_branch.enum_weights[name]
         ndim = max(weight.ndim, cost.ndim)
         # Right-align the element axes of both, keeping the branch axis first.
         align = lambda x, n=ndim: x.reshape(x.shape[:1] + (1,) * (n - x.ndim) + x.shape[1:])
         log_w = log_w + jnp.sum(align(weight) * align(cost - cost[0]))
-    return Particles(log_w, log_w + first.log_q, first.log_q, first.score_log_q, first.costs)
+    return first._replace(log_p=log_w + first.log_q, enum_weights={}, enum_costs={})

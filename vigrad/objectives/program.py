@@ -1,18 +1,23 @@
-"""Objectives as programs: any differentiable function of the particles' log weights.
+"""Objectives written by users: any program over the context's primitives.
 
-A user writes ``F(log_w)`` for ``K`` log weights ``log w_k = log p(x, z_k) - log q(z_k)`` and gets an
-objective whose gradient is an unbiased estimate of ``grad E[F]`` for every mix of per-site
-estimators:
+The most general form is a function of the :class:`~vigrad.objectives.context.ProgramContext`
+returning the estimate to maximise:
+
+    @vigrad.program
+    def iwelbo(p):
+        log_w = p.particles(8).log_w
+        return jax.nn.logsumexp(log_w) - jnp.log(8)
+
+and the common special case, a differentiable function ``F(log_w)`` of ``K`` particles' log weights,
+has its own decorator:
 
     @vigrad.objective(num_particles=8)
     def iwelbo(log_w):
         return jax.nn.logsumexp(log_w) - jnp.log(log_w.shape[0])
 
-Pathwise sites get their gradient by differentiating ``F`` through the log weights. A score-function
-site in particle ``k`` gets the learning signal ``F`` minus a per-particle baseline ``F_{-k}``: ``F``
-re-evaluated with ``log w_k`` replaced by the mean of the other log weights (the geometric mean of the
-other weights). ``F_{-k}`` does not depend on particle ``k``, so the estimator stays unbiased; for
-the IWELBO this is exactly VIMCO's baseline (Mnih & Rezende 2016), and here it serves any ``F``.
+Either way ``jax.grad`` of the loss is an unbiased estimate of the gradient of ``E[F]`` for every
+mix of per-site estimators that is unbiased in that program, and every other mix is refused before
+compilation (see :mod:`vigrad.objectives.transform`).
 """
 
 from __future__ import annotations
@@ -24,38 +29,59 @@ import jax.numpy as jnp
 
 from vigrad.estimators.assignment import EstimatorSpec
 from vigrad.objectives.base import Objective
-from vigrad.objectives.particles import Particles
-from vigrad.objectives.surrogate import Estimate
-
-stop = jax.lax.stop_gradient
+from vigrad.objectives.context import ProgramContext
+from vigrad.objectives.transform import Estimate
 
 
-def leave_one_out_values(fn: Callable[[jax.Array], jax.Array], log_w: jax.Array) -> jax.Array:
-    """``[K]``: ``fn`` with ``log_w[k]`` replaced by the mean of the other log weights."""
-    k = log_w.shape[0]
-    others = (jnp.sum(log_w) - log_w) / (k - 1)
-    return jax.vmap(lambda i: fn(log_w.at[i].set(others[i])))(jnp.arange(k))
-
-
-def broadcast_to_sites(particles: Particles, per_particle: jax.Array) -> dict[str, jax.Array]:
-    """Give each score-function site the ``[K]`` signal of its particle, over the site's plates."""
-    out = {}
-    for site, lq in particles.score_log_q.items():
-        shape = (per_particle.shape[0],) + (1,) * (lq.ndim - 1)
-        out[site] = jnp.broadcast_to(per_particle.reshape(shape), lq.shape)
-    return out
+def log_mean_exp(x: jax.Array, axis: int = 0) -> jax.Array:
+    """``log (1/n) sum_i exp(x_i)`` along ``axis``, in log space."""
+    return jax.nn.logsumexp(x, axis=axis) - jnp.log(x.shape[axis])
 
 
 class Program(Objective):
-    """An objective ``F(log_w)`` over ``K`` particles (see the module docstring).
+    """An objective from a program ``fn(p)`` (see the module docstring).
 
     Args:
-        fn: differentiable ``[K] -> scalar`` function of the log weights, to be maximised.
-        num_particles: ``K``.
+        fn: the program: a function of the context returning a scalar (or ``vigrad.Estimate``).
         estimators: per-site estimators (as for :class:`vigrad.ELBO`).
-        leave_one_out: subtract the per-particle baseline ``F_{-k}`` from score-function signals
-            (needs ``K >= 2``).
+        leave_one_out: give score-function sites of particle blocks the baseline ``F_{-k}``.
+        num_particles: recorded for NumPyro's interface; the program chooses its own particles.
     """
+
+    def __init__(
+        self,
+        fn: Callable[[ProgramContext], jax.Array | Estimate],
+        estimators: EstimatorSpec = None,
+        leave_one_out: bool = True,
+        num_particles: int = 1,
+    ):
+        super().__init__(num_particles, estimators, leave_one_out)
+        self.fn = fn
+
+    @property
+    def name(self) -> str:
+        return getattr(self.fn, "__name__", type(self).__name__)
+
+    def program(self, p: ProgramContext) -> jax.Array | Estimate:
+        return self.fn(p)
+
+
+def program(
+    fn: Callable[[ProgramContext], jax.Array | Estimate] | None = None,
+    *,
+    estimators: EstimatorSpec = None,
+    leave_one_out: bool = True,
+):
+    """Decorator turning a program ``fn(p)`` into an objective (:class:`Program`)."""
+
+    def wrap(f):
+        return Program(f, estimators=estimators, leave_one_out=leave_one_out)
+
+    return wrap if fn is None else wrap(fn)
+
+
+class LogWeightProgram(Program):
+    """An objective ``F(log_w)`` over the log weights of ``K`` guide particles."""
 
     def __init__(
         self,
@@ -64,26 +90,15 @@ class Program(Objective):
         estimators: EstimatorSpec = None,
         leave_one_out: bool = True,
     ):
-        super().__init__(num_particles=num_particles, estimators=estimators)
-        if leave_one_out and self.num_particles < 2:
-            raise ValueError(
-                "leave_one_out=True needs num_particles >= 2 (the baseline of particle k is built "
-                "from the others); set leave_one_out=False for a single particle."
-            )
-        self.fn = fn
-        self.leave_one_out = leave_one_out
+        self.log_weight_fn = fn
+        super().__init__(self._over_particles, estimators, leave_one_out, num_particles)
 
-    def program(self, particles: Particles) -> Estimate:
-        value = self.fn(particles.log_w)
-        log_w = stop(particles.log_w)
-        signal = jnp.broadcast_to(self.fn(log_w), log_w.shape)
-        if self.leave_one_out:
-            signal = signal - leave_one_out_values(self.fn, log_w)
-        return Estimate(value, self.path(particles), broadcast_to_sites(particles, signal), False)
+    @property
+    def name(self) -> str:
+        return getattr(self.log_weight_fn, "__name__", type(self).__name__)
 
-    def path(self, particles: Particles) -> jax.Array:
-        """The differentiable term carrying pathwise gradients (override for DReG-style terms)."""
-        return self.fn(particles.log_w)
+    def _over_particles(self, p: ProgramContext) -> jax.Array:
+        return self.log_weight_fn(p.particles(self.num_particles).log_w)
 
 
 def objective(
@@ -91,19 +106,12 @@ def objective(
     *,
     num_particles: int = 1,
     estimators: EstimatorSpec = None,
-    leave_one_out: bool | None = None,
+    leave_one_out: bool = True,
 ):
-    """Decorator turning ``F(log_w)`` into a :class:`Program` objective.
+    """Decorator turning ``F(log_w)``, a function of ``K`` particles' log weights, into an
+    objective. Score-function sites get the leave-one-out baseline ``F_{-k}`` when ``K >= 2``."""
 
-    ``leave_one_out`` defaults to ``True`` when ``num_particles >= 2``.
-    """
-
-    def wrap(f: Callable[[jax.Array], jax.Array]) -> Program:
-        loo = num_particles >= 2 if leave_one_out is None else leave_one_out
-        return Program(f, num_particles=num_particles, estimators=estimators, leave_one_out=loo)
+    def wrap(f):
+        return LogWeightProgram(f, num_particles, estimators, leave_one_out)
 
     return wrap if fn is None else wrap(fn)
-
-
-def log_mean_exp(log_w: jax.Array) -> jax.Array:
-    return jax.nn.logsumexp(log_w) - jnp.log(log_w.shape[0])

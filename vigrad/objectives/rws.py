@@ -19,25 +19,15 @@ from typing import Any
 
 import jax
 
-from vigrad.errors import EstimatorError
-from vigrad.estimators.assignment import Assignment, EstimatorSpec
+from vigrad.estimators.assignment import EstimatorSpec
 from vigrad.estimators.base import Estimator
 from vigrad.estimators.path import PathGradient
-from vigrad.estimators.score import Score
 from vigrad.objectives.base import Objective
-from vigrad.objectives.particles import draw_particles
+from vigrad.objectives.context import ProgramContext
 from vigrad.objectives.program import log_mean_exp
-from vigrad.objectives.surrogate import Estimate
+from vigrad.objectives.transform import Estimate
 
 stop = jax.lax.stop_gradient
-
-
-class _FixedSamples(Assignment):
-    """Every site drawn with its gradient stopped, whatever the guide asks for: the wake-phi score
-    form needs ``log q`` at fixed samples."""
-
-    def resolve(self, site: dict) -> Estimator:
-        return Score()
 
 
 class RWS(Objective):
@@ -45,7 +35,8 @@ class RWS(Objective):
 
     Args:
         num_particles: ``K``.
-        wake: ``"score"`` (any site) or ``"dreg"`` (every sampled site with ``PathGradient``).
+        wake: ``"score"`` (any site; samples held fixed) or ``"dreg"`` (every sampled site with
+            ``PathGradient``).
         estimators: per-site estimators for ``wake="dreg"``.
     """
 
@@ -54,10 +45,8 @@ class RWS(Objective):
     ):
         if wake not in ("score", "dreg"):
             raise ValueError(f"RWS(wake={wake!r}): wake must be 'score' or 'dreg'")
-        super().__init__(num_particles=num_particles, estimators=estimators)
+        super().__init__(num_particles, estimators)
         self.wake = wake
-        if wake == "score":
-            self.assignment = _FixedSamples()
 
     def default_estimator(self, fn: Any) -> Estimator:
         return PathGradient()
@@ -67,32 +56,17 @@ class RWS(Objective):
         """Weights of the doubly reparameterised wake-phi path terms: ``w~ - w~^2``."""
         return w - w**2
 
-    def _estimate(self, rng_key, params, model, guide, args, kwargs):
-        draw = lambda p: draw_particles(
-            rng_key, self.num_particles, p, model, guide, args, kwargs, self.assignment
-        )
-        particles, structure = draw(params)
-        if self.wake == "dreg":
-            for name, est in structure.estimators.items():
-                if not isinstance(est, PathGradient):
-                    raise EstimatorError(
-                        f"RWS(wake='dreg') needs vigrad.PathGradient() on every sampled guide "
-                        f"site; site '{name}' uses {est!r}. Use RWS(wake='score') for such sites."
-                    )
-        guide_params = {n for n, s in structure.guide_trace.items() if s["type"] == "param"}
-        only = lambda keep: {
-            n: v if (n in guide_params) == keep else stop(v) for n, v in params.items()
-        }
-        model_side, _ = draw(only(False))
-        guide_side, _ = draw(only(True))
+    def program(self, p: ProgramContext) -> Estimate:
+        particles = p.particles(self.num_particles, fixed=self.wake == "score")
         w = jax.nn.softmax(stop(particles.log_w))
-        path = (w * model_side.log_p).sum()
+        wake_theta = (w * p.rescore(particles, stop="guide").log_p).sum()
+        guide_side = p.rescore(particles, stop="model")
         if self.wake == "score":
-            path = path + (w * guide_side.log_q).sum()
+            wake_phi = (w * guide_side.log_q).sum()
         else:
-            path = path + (stop(self.dreg_weights(w)) * guide_side.log_w).sum()
-        # Wake-phi's score form is already in ``path``; the sites drawn with stopped samples get no
-        # further score term.
-        no_signal = {site: jax.numpy.zeros_like(lq) for site, lq in particles.score_log_q.items()}
-        estimate = Estimate(log_mean_exp(particles.log_w), path, no_signal, False)
-        return estimate, particles, structure
+            wake_phi = (stop(self.dreg_weights(w)) * guide_side.log_w).sum()
+        return Estimate(
+            log_mean_exp(particles.log_w),
+            wake_theta + wake_phi,
+            doubly_reparameterised=self.wake == "dreg",
+        )
