@@ -5,6 +5,8 @@ from vigrad.diagnostics import (
     Comparison,
     GradientStats,
     Selection,
+    UnbiasedCheck,
+    check_unbiased,
     compare_estimators,
     gradient_variance,
     khat_message,
@@ -19,23 +21,25 @@ from vigrad.estimators.base import Estimator
 from vigrad.estimators.control_variates import ControlVariate, Learned, LeaveOneOut, MovingAverage
 from vigrad.estimators.enum import Enumerate
 from vigrad.estimators.flow_path import FlowPathGradient
+from vigrad.estimators.mvd import MVD
 from vigrad.estimators.path import PathGradient
 from vigrad.estimators.r2g2 import R2G2, LocalReparam
 from vigrad.estimators.reparam import Reparam
 from vigrad.estimators.score import Score
 from vigrad.infer.fit import FitResult, NonFiniteLossWarning, fit
 from vigrad.objectives.base import Objective
+from vigrad.objectives.context import Draw, Particles, ProgramContext
 from vigrad.objectives.dreg import DReG
 from vigrad.objectives.elbo import ELBO
 from vigrad.objectives.hvi import DIWHVI, HVI, IWHVI, with_reverse
 from vigrad.objectives.iwelbo import IWELBO, VIMCO
-from vigrad.objectives.context import Draw, Particles, ProgramContext
 from vigrad.objectives.program import Program, log_mean_exp, objective, program
 from vigrad.objectives.renyi import RenyiELBO
 from vigrad.objectives.rws import RWS
 from vigrad.objectives.transform import Estimate
 
 __all__ = [
+    "check_unbiased",
     "compare_estimators",
     "Comparison",
     "ControlVariate",
@@ -65,6 +69,7 @@ __all__ = [
     "log_importance_weights",
     "ModelGuideMismatchError",
     "MovingAverage",
+    "MVD",
     "nn",
     "NonFiniteLossWarning",
     "objective",
@@ -85,6 +90,7 @@ __all__ = [
     "Selection",
     "sgmcmc",
     "to_inference_data",
+    "UnbiasedCheck",
     "VigradError",
     "VIMCO",
     "with_reverse",

@@ -11,8 +11,10 @@ from vigrad.diagnostics.select import (
     default_candidates,
     select_estimators,
 )
+from vigrad.diagnostics.unbiased import UnbiasedCheck, check_unbiased
 
 __all__ = [
+    "check_unbiased",
     "Comparison",
     "GradientStats",
     "Selection",
@@ -26,4 +28,5 @@ __all__ = [
     "select_estimators",
     "site_khats",
     "to_inference_data",
+    "UnbiasedCheck",
 ]

@@ -27,6 +27,31 @@ from vigrad.errors import EstimatorError
 from vigrad.estimators.base import Estimator
 
 
+def require_finite_support(estimator: Estimator, site_name: str, fn: Any) -> None:
+    if not getattr(fn, "has_enumerate_support", False):
+        raise EstimatorError(
+            f"{type(estimator).__name__}() cannot serve site '{site_name}': {type(fn).__name__} "
+            "has no finite support to sum over. Use vigrad.Score() or a pathwise estimator for it."
+        )
+
+
+def num_branches(fn: Any) -> int:
+    """The number of support values of the site's distribution."""
+    return int(fn.enumerate_support(expand=False).shape[0])
+
+
+def branch_value(
+    fn: Any, branch: jax.Array, sample_shape: tuple[int, ...]
+) -> tuple[jax.Array, jax.Array]:
+    """The site's value in ``branch`` (every element at the same support value) and whether the
+    branch is real (branches beyond this site's support, shared with larger sites, repeat its
+    first value and get weight zero)."""
+    support = fn.enumerate_support(expand=False)
+    size = support.shape[0]
+    value = support[jnp.where(branch < size, branch, 0)]
+    return jnp.broadcast_to(value, fn.shape(sample_shape)), branch < size
+
+
 @dataclasses.dataclass(frozen=True)
 class Enumerate(Estimator):
     """Sum a discrete guide site out exactly (zero variance from this site), in ``vigrad.ELBO``.
@@ -38,27 +63,10 @@ class Enumerate(Estimator):
     is_enumerated: ClassVar[bool] = True
 
     def check(self, site_name: str, fn: Any) -> None:
-        if not getattr(fn, "has_enumerate_support", False):
-            raise EstimatorError(
-                f"Enumerate() cannot serve site '{site_name}': {type(fn).__name__} has no finite "
-                "support to sum over. Use vigrad.Score() or a pathwise estimator for it."
-            )
+        require_finite_support(self, site_name, fn)
 
-    @staticmethod
-    def num_branches(fn: Any) -> int:
-        """The number of support values of the site's distribution."""
-        return int(fn.enumerate_support(expand=False).shape[0])
-
-    def branch_value(
-        self, fn: Any, branch: jax.Array, sample_shape: tuple[int, ...]
-    ) -> tuple[jax.Array, jax.Array]:
-        """The site's value in ``branch`` (every element at the same support value) and whether the
-        branch is real (branches beyond this site's support, shared with larger sites, repeat its
-        first value and get weight zero)."""
-        support = fn.enumerate_support(expand=False)
-        size = support.shape[0]
-        value = support[jnp.where(branch < size, branch, 0)]
-        return jnp.broadcast_to(value, fn.shape(sample_shape)), branch < size
+    num_branches = staticmethod(lambda fn: num_branches(fn))
+    branch_value = staticmethod(lambda fn, branch, shape: branch_value(fn, branch, shape))
 
     def sample(self, fn: Any, rng_key: jax.Array, sample_shape: tuple[int, ...]) -> jax.Array:
         raise EstimatorError(

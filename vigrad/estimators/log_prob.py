@@ -28,4 +28,3 @@ def log_prob(fn: Any, value: jax.Array) -> jax.Array:
         coefficient = gammaln(n + 1.0) - gammaln(value + 1.0) - gammaln(n - value + 1.0)
         return coefficient + value * logits - n * jax.nn.softplus(logits)
     return fn.log_prob(value)
-

@@ -134,6 +134,8 @@ class ScoreNode:
         num: the size of that block.
         rao_blackwellised: the node carries its downstream costs (it was drawn directly in a
             top-level ``p.particles(K)`` block).
+        measure_valued: the node's gradient term is a measure-valued derivative (its arrays are
+            ``q(b)`` and the costs at each support value ``b``) instead of a score term.
     """
 
     site: str
@@ -141,6 +143,7 @@ class ScoreNode:
     block: str | None
     num: int
     rao_blackwellised: bool
+    measure_valued: bool = False
 
 
 @dataclasses.dataclass
@@ -344,18 +347,35 @@ class ProgramContext:
         _, key = self._next("draw")
         assignment = _FixedSamples() if fixed else run.assignment
         draw, sites = standard_particle(
-            jax.random.split(key), run.params, run.model, run.guide, run.args, run.kwargs, assignment
+            jax.random.split(key),
+            run.params,
+            run.model,
+            run.guide,
+            run.args,
+            run.kwargs,
+            assignment,
         )
         self._standard_sites = sites
         records = self._records
         if not fixed:
             records.estimators.update(sites.estimators)
-            path_sites = tuple(n for n, e in sites.estimators.items() if isinstance(e, PathGradient))
+            path_sites = tuple(
+                n for n, e in sites.estimators.items() if isinstance(e, PathGradient)
+            )
             if path_sites:
                 records.path_draws["q"] = path_sites
             if sites.enumerated:
                 records.enumerated[""] = tuple(sites.enumerated)
             if self._record_nodes:
+                for name in sites.measure_valued:
+                    records.nodes[name] = ScoreNode(
+                        name, sites.estimators[name], None, 1, True, measure_valued=True
+                    )
+                    records.arrays[name] = {
+                        "log_q": draw.mvd_weights[name],
+                        "cost_p": jax.lax.stop_gradient(draw.mvd_cost_p[name]),
+                        "cost_q": jax.lax.stop_gradient(draw.mvd_cost_q[name]),
+                    }
                 for name in sites.score_sites:
                     records.nodes[name] = ScoreNode(
                         name, sites.estimators[name], None, 1, rao_blackwellised=True
@@ -371,6 +391,9 @@ class ProgramContext:
             score_log_q={},
             cost_p={},
             cost_q={},
+            mvd_weights={},
+            mvd_cost_p={},
+            mvd_cost_q={},
         )
 
     # --- single draws and scores -------------------------------------------------------------
@@ -388,9 +411,10 @@ class ProgramContext:
             seed(substitute(program, data=self._run.params), key), self._run.assignment
         )
         tr = trace(sampler).get_trace(*args, **kwargs)
-        if sampler.enumerated:
+        if sampler.enumerated or sampler.measure_valued:
+            sites = sorted({**sampler.enumerated, **sampler.measure_valued})
             raise EstimatorError(
-                f"Enumerate() on {sorted(sampler.enumerated)}: p.sample draws single values; "
+                f"Enumerate() or MVD() on {sites}: p.sample draws single values; "
                 "sites can be summed out only in a p.particles(K) block of an objective linear in "
                 "its log weights. Use vigrad.Score() or vigrad.MVD() for these sites."
             )
@@ -417,9 +441,7 @@ class ProgramContext:
             if not site["is_observed"] and isinstance(fn, Delta):
                 values[name] = value
             total = total + jnp.sum(_scaled(site, lq))
-        path_sites = tuple(
-            n for n, e in sampler.chosen.items() if isinstance(e, PathGradient)
-        )
+        path_sites = tuple(n for n, e in sampler.chosen.items() if isinstance(e, PathGradient))
         if path_sites:
             records.path_draws[draw_id] = path_sites
             total = total + self._probe(draw_id)
@@ -448,7 +470,9 @@ class ProgramContext:
             return values[msg["name"]]
 
         run = self._run
-        program_fn = substitute(seed(substitute(program, data=run.params), key), substitute_fn=value_of)
+        program_fn = substitute(
+            seed(substitute(program, data=run.params), key), substitute_fn=value_of
+        )
         tr = trace(program_fn).get_trace(*args, **kwargs)
         if missing:
             raise ModelGuideMismatchError(

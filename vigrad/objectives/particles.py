@@ -27,6 +27,7 @@ from numpyro.primitives import Messenger
 from vigrad.errors import DataError, EstimatorError, ModelGuideMismatchError
 from vigrad.estimators.assignment import Assignment
 from vigrad.estimators.base import Estimator
+from vigrad.estimators.enum import branch_value, num_branches
 from vigrad.estimators.log_prob import log_prob
 
 
@@ -46,6 +47,9 @@ class ParticleDraw(NamedTuple):
             branch (internal to enumeration).
         enum_costs: site -> the differentiable downstream cost of each enumerated site, reduced
             to its plates, in one branch (internal to enumeration).
+        mvd_weights, mvd_cost_p, mvd_cost_q: per measure-valued site, ``q(b)`` per element and the
+            downstream model and guide costs with the site at support value ``b``, with a leading
+            branch axis (see :mod:`vigrad.estimators.mvd`).
     """
 
     log_p: jax.Array
@@ -56,6 +60,9 @@ class ParticleDraw(NamedTuple):
     cost_q: dict[str, jax.Array]
     enum_weights: dict[str, jax.Array] = {}
     enum_costs: dict[str, jax.Array] = {}
+    mvd_weights: dict[str, jax.Array] = {}
+    mvd_cost_p: dict[str, jax.Array] = {}
+    mvd_cost_q: dict[str, jax.Array] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +72,7 @@ class ParticleSites:
     estimators: dict[str, Estimator]
     score_sites: tuple[str, ...]
     enumerated: dict[str, int]
+    measure_valued: dict[str, int]
     guide_params: frozenset[str]
     guide_latents: tuple[str, ...]
     model_latents: tuple[str, ...]
@@ -73,13 +81,22 @@ class ParticleSites:
 class _SampleWithEstimators(Messenger):
     """Draws every latent guide site with the sampler of its estimator."""
 
-    def __init__(self, fn: Callable, assignment: Assignment, branch: jax.Array | None = None):
+    def __init__(
+        self,
+        fn: Callable,
+        assignment: Assignment,
+        branch: jax.Array | None = None,
+        mvd_branch: jax.Array | None = None,
+    ):
         self.assignment = assignment
         self.branch = branch
+        self.mvd_branch = mvd_branch
         self.chosen: dict[str, Estimator] = {}
         self.log_q_terms: dict[str, jax.Array] = {}
         self.enumerated: dict[str, int] = {}
         self.enum_weights: dict[str, jax.Array] = {}
+        self.measure_valued: dict[str, int] = {}
+        self.mvd_weights: dict[str, jax.Array] = {}
         super().__init__(fn)
 
     def process_message(self, msg: dict) -> None:
@@ -93,6 +110,11 @@ class _SampleWithEstimators(Messenger):
         if getattr(estimator, "is_enumerated", False):
             self._enumerate(msg, estimator)
             return
+        if getattr(estimator, "is_measure_valued", False):
+            self.measure_valued[msg["name"]] = num_branches(msg["fn"])
+            if self.mvd_branch is not None:
+                self._branch(msg, estimator, self.mvd_branch, self.mvd_weights)
+                return
         drawn = estimator.draw(msg["fn"], kwargs["rng_key"], kwargs["sample_shape"])
         msg["value"] = drawn.value
         if drawn.log_q is not None:
@@ -104,12 +126,17 @@ class _SampleWithEstimators(Messenger):
     def _enumerate(self, msg: dict, estimator: Estimator) -> None:
         # Without a branch (the first trace, which finds the enumerated sites) every enumerated
         # site takes its first support value.
-        fn, name = msg["fn"], msg["name"]
-        self.enumerated[name] = estimator.num_branches(fn)
+        self.enumerated[msg["name"]] = num_branches(msg["fn"])
         branch = jnp.zeros((), jnp.int32) if self.branch is None else self.branch
-        value, real = estimator.branch_value(fn, branch, msg["kwargs"]["sample_shape"])
+        self._branch(msg, estimator, branch, self.enum_weights)
+
+    @staticmethod
+    def _branch(msg: dict, estimator: Estimator, branch: jax.Array, weights: dict) -> None:
+        """Set every element of the site to support value ``branch``; record ``q(branch)``."""
+        fn = msg["fn"]
+        value, real = branch_value(fn, branch, msg["kwargs"]["sample_shape"])
         msg["value"] = value
-        self.enum_weights[name] = jnp.where(real, jnp.exp(log_prob(fn, value)), 0.0)
+        weights[msg["name"]] = jnp.where(real, jnp.exp(log_prob(fn, value)), 0.0)
         msg["infer"] = {**(msg["infer"] or {}), "vigrad_estimator": estimator}
 
 
@@ -238,16 +265,18 @@ def trace_particle(
     kwargs: dict,
     assignment: Assignment,
     branch: jax.Array | None = None,
+    mvd_branch: jax.Array | None = None,
 ) -> tuple[ParticleDraw, ParticleSites]:
     """One particle (no particle axis) and the static facts read while tracing it.
 
     ``rng_key`` holds two keys, for the guide and the model. ``branch`` selects the support value
-    of every enumerated site (see :mod:`vigrad.estimators.enum`). The guide's observed sites and
+    of every enumerated site (see :mod:`vigrad.estimators.enum`), ``mvd_branch`` that of every
+    measure-valued site (sampled without it; see :mod:`vigrad.estimators.mvd`). The guide's observed sites and
     factors belong to ``log q``, as in NumPyro's ELBOs.
     """
     key_guide, key_model = rng_key
     sampler = _SampleWithEstimators(
-        seed(substitute(guide, data=params), key_guide), assignment, branch
+        seed(substitute(guide, data=params), key_guide), assignment, branch, mvd_branch
     )
     guide_tr = trace(sampler).get_trace(*args, **kwargs)
     chosen = sampler.chosen
@@ -277,9 +306,10 @@ def trace_particle(
 
     score_sites = tuple(n for n, est in chosen.items() if est.is_score)
     enum_sites = tuple(sampler.enumerated)
-    score_log_q, cost_p, cost_q, enum_costs = {}, {}, {}, {}
-    if score_sites or enum_sites:
-        latents = {n: guide_tr[n]["value"] for n in score_sites + enum_sites}
+    mvd_sites = tuple(sampler.measure_valued)
+    score_log_q, cost_p, cost_q, enum_costs, mvd_cost_p, mvd_cost_q = {}, {}, {}, {}, {}, {}
+    if score_sites or enum_sites or mvd_sites:
+        latents = {n: guide_tr[n]["value"] for n in score_sites + enum_sites + mvd_sites}
         model_deps, guide_deps = _downstream(model, guide, args, kwargs, params, latents)
         terms = [(model_tr[m], lp, model_deps[m], True) for m, lp in log_p_sites.items()]
         terms += [(guide_tr[g], lq, guide_deps[g], False) for g, lq in log_q_sites.items()]
@@ -290,8 +320,8 @@ def trace_particle(
             (site, _reduce_to_plates(t, site["cond_indep_stack"]), d, is_p)
             for site, t, d, is_p in terms
         ]
-        _check_enumerated(enum_sites, guide_tr, terms, set(latents))
-        for name in score_sites + enum_sites:
+        _check_enumerated(enum_sites + mvd_sites, guide_tr, terms, set(latents), chosen)
+        for name in score_sites + enum_sites + mvd_sites:
             frames = guide_tr[name]["cond_indep_stack"]
             costs = {True: MultiFrameTensor(), False: MultiFrameTensor()}
             for site, term, deps, is_p in terms:
@@ -300,6 +330,9 @@ def trace_particle(
             c_p, c_q = (_reduce_to_plates(costs[s].sum_to(frames), frames) for s in (True, False))
             if name in sampler.enumerated:
                 enum_costs[name] = c_p - c_q
+                continue
+            if name in sampler.measure_valued:
+                mvd_cost_p[name], mvd_cost_q[name] = c_p, c_q
                 continue
             site = guide_tr[name]
             # The score term uses the unscaled log q: the subsampling scale is already in the cost.
@@ -318,6 +351,7 @@ def trace_particle(
         estimators=dict(chosen),
         score_sites=score_sites,
         enumerated=dict(sampler.enumerated),
+        measure_valued=dict(sampler.measure_valued),
         guide_params=frozenset(n for n, s in guide_tr.items() if s["type"] == "param"),
         guide_latents=latent(guide_tr),
         model_latents=latent(model_tr),
@@ -332,23 +366,32 @@ def trace_particle(
         cost_q,
         dict(sampler.enum_weights),
         enum_costs,
+        dict(sampler.mvd_weights),
+        mvd_cost_p,
+        mvd_cost_q,
     )
     return draw, sites
 
 
 def _check_enumerated(
-    enum_sites: tuple[str, ...], guide_tr: dict, terms: list, tracked: set[str]
+    enum_sites: tuple[str, ...],
+    guide_tr: dict,
+    terms: list,
+    tracked: set[str],
+    estimators: dict[str, Estimator],
 ) -> None:
-    """Enumeration in parallel over plates is exact only if each term downstream of an enumerated
-    site depends on no other tracked site and lives in (at least) that site's plates."""
+    """Enumeration (and measure-valued derivatives) in parallel over plates is exact only if each
+    term downstream of such a site depends on no other tracked site and lives in (at least) that
+    site's plates."""
     for name in enum_sites:
         site = guide_tr[name]
+        est = f"{type(estimators[name]).__name__}()"
         plate_dims = {f.dim for f in site["cond_indep_stack"]}
         batch = tuple(site["fn"].shape(site["kwargs"]["sample_shape"]))
         for i, size in enumerate(batch):
             if size > 1 and i - len(batch) not in plate_dims:
                 raise EstimatorError(
-                    f"Enumerate() on site '{name}': its dimension {i - len(batch)} (size {size}) "
+                    f"{est} on site '{name}': its dimension {i - len(batch)} (size {size}) "
                     "is not a numpyro.plate, so its elements cannot be summed out one by one. "
                     "Declare the dimension with a plate, or use vigrad.Score() for this site."
                 )
@@ -359,14 +402,15 @@ def _check_enumerated(
             others = sorted((deps & tracked) - {name})
             if others:
                 raise EstimatorError(
-                    f"Enumerate() on site '{name}': the term of site '{term_site['name']}' also "
-                    f"depends on {others}, which are sampled with score-function gradients or "
-                    f"enumerated too. Enumerate '{name}' alone, or use vigrad.Score() for it."
+                    f"{est} on site '{name}': the term of site '{term_site['name']}' also "
+                    f"depends on {others}, which are sampled with score-function gradients, "
+                    f"enumerated or measure-valued too. Use {est} on '{name}' alone, or "
+                    "vigrad.Score() for it."
                 )
             missing = frames - {f.name for f in term_site["cond_indep_stack"]}
             if missing:
                 raise EstimatorError(
-                    f"Enumerate() on site '{name}': site '{term_site['name']}' depends on it "
+                    f"{est} on site '{name}': site '{term_site['name']}' depends on it "
                     f"outside its plates {sorted(missing)}, so the plate elements cannot be "
                     "summed out one by one. Use vigrad.Score() for this site."
                 )
@@ -388,16 +432,23 @@ def standard_particle(
     ``cost_p``/``cost_q``/``score_log_q`` belong to the other sites. That is the right quantity only
     for objectives linear in the log weight, which the program transformation checks.
     """
-    trace_one = lambda branch=None: trace_particle(
-        rng_key, params, model, guide, args, kwargs, assignment, branch
+    trace_one = lambda branch=None, mvd_branch=None: trace_particle(
+        rng_key, params, model, guide, args, kwargs, assignment, branch, mvd_branch
     )
     draw, sites = trace_one()
-    if not sites.enumerated:
-        return draw, sites
-    # The trace above found the enumerated sites; its values are unused and compiled away.
-    branches = jnp.arange(max(sites.enumerated.values()))
-    per_branch = jax.vmap(lambda b: trace_one(b)[0])(branches)
-    return _sum_out(per_branch), sites
+    if sites.enumerated:
+        # The trace above found the enumerated sites; its values are unused and compiled away.
+        branches = jnp.arange(max(sites.enumerated.values()))
+        draw = _sum_out(jax.vmap(lambda b: trace_one(b)[0])(branches))
+    if sites.measure_valued:
+        branches = jnp.arange(max(sites.measure_valued.values()))
+        per_branch = jax.vmap(lambda b: trace_one(b, b)[0])(branches)
+        draw = draw._replace(
+            mvd_weights=per_branch.mvd_weights,
+            mvd_cost_p=per_branch.mvd_cost_p,
+            mvd_cost_q=per_branch.mvd_cost_q,
+        )
+    return draw, sites
 
 
 def _sum_out(per_branch: ParticleDraw) -> ParticleDraw:

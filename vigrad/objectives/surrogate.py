@@ -5,7 +5,8 @@ The program transformation (:mod:`vigrad.objectives.transform`) reduces a progra
 term carrying the pathwise gradient, and per score-function site a learning signal. This module is
 the only place where score terms are formed:
 
-    surrogate = path + sum_sites sum( log q(z) * stop(signal - baseline) )
+    surrogate = path + sum_score_sites sum( log q(z) * stop(signal - baseline) )
+                     + sum_measure_valued_sites sum_b q(b) * stop(signal(b))
     objective = stop(estimate) + surrogate - stop(surrogate)
 
 so the value seen by the user is the objective estimate and ``grad`` of it is the gradient estimate.
@@ -50,7 +51,8 @@ def control_variate_for(node_id: str, evaluation: Evaluation) -> ControlVariate:
 def init_control_variate_states(evaluation: Evaluation) -> dict[str, Any]:
     return {
         nid: control_variate_for(nid, evaluation).init(evaluation.signals[nid])
-        for nid in evaluation.nodes
+        for nid, node in evaluation.nodes.items()
+        if not node.measure_valued
     }
 
 
@@ -60,7 +62,11 @@ def surrogate_objective(
     """The surrogate objective (to maximise) and the updated control-variate states."""
     total = evaluation.path
     new_states = {}
-    for nid in evaluation.nodes:
+    for nid, node in evaluation.nodes.items():
+        if node.measure_valued:
+            # The weak derivative sum_b grad q(b) f(b) needs no baseline.
+            total = total + jnp.sum(evaluation.log_q[nid] * stop(evaluation.signals[nid]))
+            continue
         cv = control_variate_for(nid, evaluation)
         signal = stop(evaluation.signals[nid])
         baseline, new_states[nid] = cv.update(signal, states[nid])

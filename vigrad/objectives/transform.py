@@ -75,7 +75,8 @@ class Evaluation:
         value: the objective estimate.
         path: a scalar whose gradient is the pathwise part of the gradient estimate.
         nodes: node id -> the score-function sites drawn.
-        log_q: node id -> the site's ``log q``, differentiable in the parameters.
+        log_q: node id -> the site's ``log q``, differentiable in the parameters (for
+            measure-valued nodes: ``q(b)`` per support value ``b``).
         signals: node id -> its stopped learning signal, shaped like ``log_q``.
         independent: node id -> whether particle ``k``'s signal depends on particle ``k`` only
             (leave-one-out control variates are valid only then).
@@ -149,7 +150,10 @@ def transform(
         b.id: b
         for b in records.blocks.values()
         if b.standard
-        and (b.id in records.enumerated or any(n.block == b.id and n.rao_blackwellised for n in nodes.values()))
+        and (
+            b.id in records.enumerated
+            or any(n.block == b.id and n.rao_blackwellised for n in nodes.values())
+        )
     }
     random = {}
     if path_draws or blocks:
@@ -167,6 +171,15 @@ def transform(
         bid: not b.values_used and not random[f"{bid}/p"] and not random[f"{bid}/q"]
         for bid, b in blocks.items()
     }
+    for node in nodes.values():
+        linear = node.rao_blackwellised and affine.get(node.block, False)
+        if checked and node.measure_valued and not linear:
+            raise EstimatorError(
+                f"MVD() on site '{node.site}' is biased in {name}: its derivative is computed from "
+                "the site's downstream cost, which is its learning signal only where the "
+                "objective is linear in the particles' log weights (the ELBO) and the site is "
+                "drawn in a top-level p.particles(K) block. Use vigrad.Score() for it."
+            )
     for bid, sites in records.enumerated.items():
         if checked and not affine.get(bid, False):
             raise EstimatorError(
@@ -193,6 +206,7 @@ def transform(
         if node.rao_blackwellised and affine.get(node.block, False):
             c_p = _leading(coefficients[f"{node.block}/p"], lq.ndim)
             c_q = _leading(coefficients[f"{node.block}/q"], lq.ndim)
+            # Measure-valued nodes: q(b) and the costs carry a branch axis after the particles'.
             signals[nid] = stop(c_p * arrays["cost_p"] + c_q * arrays["cost_q"])
             independent[nid] = True
             continue
