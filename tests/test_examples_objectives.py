@@ -1,4 +1,4 @@
-"""The objectives example runs end to end, shortened."""
+"""The objectives example runs end to end, shortened, and the objectives page runs as written."""
 
 import importlib.util
 import math
@@ -18,7 +18,7 @@ def load_example():
 def test_noisy_cone_runs_shortened(capsys):
     results = load_example().main(["--steps", "20", "--eval", "0", "--no-progress"])
     out = capsys.readouterr().out
-    assert set(results) == {"ELBO", "IWELBO(K=5)", "HVI", "IWHVI(M=5)", "DIWHVI(M=5, K=5)"}
+    assert set(results) == {"ELBO", "IWELBO(K=5)", "HVI", "IWHVI(N=5)", "DIWHVI(N=5, K=5)"}
     for name, (mean, se, _, fit_result) in results.items():
         assert name in out
         assert math.isfinite(mean) and math.isfinite(se)
@@ -28,13 +28,22 @@ def test_noisy_cone_runs_shortened(capsys):
         assert fit_result.diverged_at is None
 
 
-def test_docs_custom_objective_example_runs():
+def test_docs_objectives_page_runs(capsys):
+    """Every Python block of docs/objectives.md, in order in one namespace; a ``text`` block right
+    after a block that prints is its expected output."""
     text = (EXAMPLE.parents[1] / "docs" / "objectives.md").read_text()
-    code = re.findall(r"```python\n(.*?)```", text, re.S)[0]
+    blocks = re.findall(r"```(\w+)\n(.*?)```", text, re.S)
     namespace = {}
-    exec(compile(code, "docs/objectives.md", "exec"), namespace)
+    for i, (language, code) in enumerate(blocks):
+        if language != "python":
+            continue
+        exec(compile(code, f"docs/objectives.md, block {i}", "exec"), namespace)
+        out = capsys.readouterr().out
+        if i + 1 < len(blocks) and blocks[i + 1][0] == "text":
+            assert out.strip() == blocks[i + 1][1].strip()
     result = namespace["result"]
     assert result.diverged_at is None
     # y = 1.5 is far likelier under k = 1 (mean +1) than k = 0 (mean -1).
     assert float(result.params["k_logit"]) > 1.0
     assert 0.5 < float(result.params["loc"]) < 2.0
+    assert namespace["report"].passed

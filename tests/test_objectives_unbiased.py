@@ -14,6 +14,7 @@ from numpy.polynomial.hermite_e import hermegauss
 from unbiased import THRESHOLD, gradient_samples, max_abs_z
 
 import vigrad
+from vigrad.estimators.log_prob import log_prob
 from vigrad.estimators.control_variates import ControlVariate, EmptyState
 from vigrad.objectives.program import log_mean_exp
 from vigrad.objectives.renyi import renyi_bound
@@ -43,9 +44,10 @@ def disc_configs(p):
     """log q and log w of each of the 6 configurations (k, z)."""
     lq, lw = [], []
     for k, z in itertools.product(range(3), (0.0, 1.0)):
-        q = dist.Categorical(logits=p["b"]).log_prob(k) + dist.Bernoulli(
-            logits=p["a0"] + p["a1"] * k
-        ).log_prob(z)
+        # vigrad's log_prob: NumPyro's Bernoulli gradient is wrong at exactly zero logits.
+        q = dist.Categorical(logits=p["b"]).log_prob(k) + log_prob(
+            dist.Bernoulli(logits=p["a0"] + p["a1"] * k), z
+        )
         lp = (
             jnp.log(PRIOR_K[k])
             + dist.Bernoulli(probs=0.4).log_prob(z)

@@ -8,9 +8,10 @@ derivative). For a site with finite support, that decomposition is exact over th
 
 (for the Bernoulli, ``d/dp E f = f(1) - f(0)``: the positive part is a point mass at 1, the negative
 part at 0). The site's value is still a sample, so everything else in the particle (its log weight,
-the pathwise gradients through the rest) uses the draw; only the site's own derivative is computed
-from ``f`` evaluated at every support value, with the other sites held at their draws. ``f`` is the
-cost downstream of the site, as for Rao-Blackwellised score terms; elements in plates are handled in
+the pathwise gradients through the rest) uses the draw; only the site's own derivative is computed from ``f`` evaluated at every support value.
+``f`` is the cost downstream of the site, as for Rao-Blackwellised score terms, computed in one
+trace per support value in which only this site is set (sites downstream of it are drawn again
+with the same randomness, sites upstream keep their draws); elements in plates are handled in
 parallel, under the same plate conditions as :class:`~vigrad.Enumerate`.
 
 Unlike :class:`~vigrad.Score` the estimator needs no baseline, and unlike
@@ -33,7 +34,7 @@ from vigrad.estimators.enum import require_finite_support
 class MVD(Estimator):
     """Measure-valued derivative of a finite-support site (Bernoulli, Categorical, ...).
 
-    Cost: one evaluation of the particle per support value (shared by all such sites of a guide).
+    Cost: one evaluation of the particle per support value of each such site.
     """
 
     is_measure_valued: ClassVar[bool] = True

@@ -86,11 +86,11 @@ class _SampleWithEstimators(Messenger):
         fn: Callable,
         assignment: Assignment,
         branch: jax.Array | None = None,
-        mvd_branch: jax.Array | None = None,
+        mvd: tuple[str, jax.Array] | None = None,
     ):
         self.assignment = assignment
         self.branch = branch
-        self.mvd_branch = mvd_branch
+        self.mvd = mvd
         self.chosen: dict[str, Estimator] = {}
         self.log_q_terms: dict[str, jax.Array] = {}
         self.enumerated: dict[str, int] = {}
@@ -112,8 +112,8 @@ class _SampleWithEstimators(Messenger):
             return
         if getattr(estimator, "is_measure_valued", False):
             self.measure_valued[msg["name"]] = num_branches(msg["fn"])
-            if self.mvd_branch is not None:
-                self._branch(msg, estimator, self.mvd_branch, self.mvd_weights)
+            if self.mvd is not None and self.mvd[0] == msg["name"]:
+                self._branch(msg, estimator, self.mvd[1], self.mvd_weights)
                 return
         drawn = estimator.draw(msg["fn"], kwargs["rng_key"], kwargs["sample_shape"])
         msg["value"] = drawn.value
@@ -265,18 +265,19 @@ def trace_particle(
     kwargs: dict,
     assignment: Assignment,
     branch: jax.Array | None = None,
-    mvd_branch: jax.Array | None = None,
+    mvd: tuple[str, jax.Array] | None = None,
 ) -> tuple[ParticleDraw, ParticleSites]:
     """One particle (no particle axis) and the static facts read while tracing it.
 
     ``rng_key`` holds two keys, for the guide and the model. ``branch`` selects the support value
-    of every enumerated site (see :mod:`vigrad.estimators.enum`), ``mvd_branch`` that of every
-    measure-valued site (sampled without it; see :mod:`vigrad.estimators.mvd`). The guide's observed sites and
+    of every enumerated site (see :mod:`vigrad.estimators.enum`); ``mvd = (site, branch)`` sets
+    that measure-valued site to a support value (otherwise it is sampled; see
+    :mod:`vigrad.estimators.mvd`). The guide's observed sites and
     factors belong to ``log q``, as in NumPyro's ELBOs.
     """
     key_guide, key_model = rng_key
     sampler = _SampleWithEstimators(
-        seed(substitute(guide, data=params), key_guide), assignment, branch, mvd_branch
+        seed(substitute(guide, data=params), key_guide), assignment, branch, mvd
     )
     guide_tr = trace(sampler).get_trace(*args, **kwargs)
     chosen = sampler.chosen
@@ -400,7 +401,10 @@ def _check_enumerated(
             if name not in deps:
                 continue
             others = sorted((deps & tracked) - {name})
-            if others:
+            # A measure-valued site is set to each support value in traces of its own, the other
+            # sites drawn as usual, so it may share terms with them; enumerated sites share the
+            # branches of one trace.
+            if others and getattr(estimators[name], "is_enumerated", False):
                 raise EstimatorError(
                     f"{est} on site '{name}': the term of site '{term_site['name']}' also "
                     f"depends on {others}, which are sampled with score-function gradients, "
@@ -432,22 +436,22 @@ def standard_particle(
     ``cost_p``/``cost_q``/``score_log_q`` belong to the other sites. That is the right quantity only
     for objectives linear in the log weight, which the program transformation checks.
     """
-    trace_one = lambda branch=None, mvd_branch=None: trace_particle(
-        rng_key, params, model, guide, args, kwargs, assignment, branch, mvd_branch
+    trace_one = lambda branch=None, mvd=None: trace_particle(
+        rng_key, params, model, guide, args, kwargs, assignment, branch, mvd
     )
     draw, sites = trace_one()
     if sites.enumerated:
         # The trace above found the enumerated sites; its values are unused and compiled away.
         branches = jnp.arange(max(sites.enumerated.values()))
         draw = _sum_out(jax.vmap(lambda b: trace_one(b)[0])(branches))
-    if sites.measure_valued:
-        branches = jnp.arange(max(sites.measure_valued.values()))
-        per_branch = jax.vmap(lambda b: trace_one(b, b)[0])(branches)
-        draw = draw._replace(
-            mvd_weights=per_branch.mvd_weights,
-            mvd_cost_p=per_branch.mvd_cost_p,
-            mvd_cost_q=per_branch.mvd_cost_q,
-        )
+    weights, cost_p, cost_q = {}, {}, {}
+    for name, size in sites.measure_valued.items():
+        per_branch = jax.vmap(lambda b, n=name: trace_one(mvd=(n, b))[0])(jnp.arange(size))
+        weights[name] = per_branch.mvd_weights[name]
+        cost_p[name] = per_branch.mvd_cost_p[name]
+        cost_q[name] = per_branch.mvd_cost_q[name]
+    if weights:
+        draw = draw._replace(mvd_weights=weights, mvd_cost_p=cost_p, mvd_cost_q=cost_q)
     return draw, sites
 
 

@@ -136,7 +136,7 @@ def transform(
             "gradient surrogate, which has no learning signal for it. Draw it with "
             "p.particles(K, fixed=True), or return the estimate alone."
         )
-    if estimate.doubly_reparameterised:
+    if estimate.doubly_reparameterised and checked:
         for where, est in records.estimators.items():
             if not isinstance(est, PathGradient):
                 raise EstimatorError(

@@ -1,0 +1,188 @@
+"""Objectives as programs: user-written programs (IWHVI, SIR, wake-sleep, branching), measure-valued
+derivatives, smooth Bernoulli log densities at zero logits and the shipped checker, each against
+an exact gradient with a negative control that the same test rejects.
+
+The estimator x objective matrix is in test_program_matrix.py."""
+
+import jax
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from test_hvi import HMODEL, iwhvi_one_inner, neg_grad
+from test_hvi import guide as hvi_guide
+from test_hvi import params as hvi_params
+from test_objectives_unbiased import (
+    CONT,
+    DISC,
+    X,
+    Y,
+    cont_guide,
+    cont_model,
+    disc_guide,
+    disc_model,
+    exact_by_enumeration,
+    exact_by_quadrature,
+    exact_rws_loss_gradient,
+)
+from unbiased import THRESHOLD, gradient_samples, max_abs_z
+
+import vigrad
+from vigrad.estimators.log_prob import log_prob
+
+M = 20_000
+stop = jax.lax.stop_gradient
+
+
+def z_against(objective, model, guide, params, exact, *args, seed=0, num=M):
+    loss = lambda key, p: objective.loss(key, p, model, guide, *args)
+    return max_abs_z(gradient_samples(loss, params, jax.random.key(seed), num), exact)
+
+
+# User-written hierarchical VI: IWHVI with one inner draw, as a user would write it.
+
+
+@vigrad.program
+def user_iwhvi(p):
+    draw = p.sample(p.guide)
+    latents = p.score(HMODEL.model, draw.values, *p.args)
+    u0 = {n: v for n, v in draw.values.items() if n not in latents.values}
+    log_r0 = p.score(HMODEL.reverse, u0, latents.values, *p.args).log_prob
+
+    def inner(p):
+        u = p.sample(HMODEL.reverse, latents.values, *p.args)
+        return p.score(p.guide, {**latents.values, **u.values}).log_prob - u.log_prob
+
+    terms = jnp.concatenate([(draw.log_prob - log_r0)[None], p.particles(1, inner)])
+    return latents.log_prob - vigrad.log_mean_exp(terms)
+
+
+def test_user_written_iwhvi_unbiased():
+    p = hvi_params()
+    exact = neg_grad(iwhvi_one_inner, p)
+    assert z_against(user_iwhvi, HMODEL, hvi_guide, p, exact, 1.3) < THRESHOLD
+
+
+# A SIR guide: K proposal particles, one resampled; its ELBO is the IWELBO.
+
+K = 3
+
+
+@vigrad.program
+def sir_elbo(p):
+    proposals = p.particles(K)
+    j = jax.random.categorical(p.key(), stop(proposals.log_w))
+    log_q_hat = proposals.log_p[j] - vigrad.log_mean_exp(proposals.log_w)
+    return proposals.log_p[j] - log_q_hat
+
+
+def test_sir_guide_unbiased_for_the_iwelbo():
+    exact = jax.grad(exact_by_enumeration(vigrad.log_mean_exp, K))(DISC)
+    assert z_against(sir_elbo, disc_model, disc_guide, DISC, exact, Y) < THRESHOLD
+
+
+# A wake-sleep pair written by a user, against the built-in RWS's exact expectation.
+
+
+@vigrad.program
+def wake_sleep(p):
+    particles = p.particles(2, fixed=True)
+    w = jax.nn.softmax(stop(particles.log_w))
+    p_wake = jnp.sum(w * p.rescore(particles, stop="guide").log_p)
+    q_wake = jnp.sum(w * p.rescore(particles, stop="model").log_q)
+    return vigrad.Estimate(vigrad.log_mean_exp(particles.log_w), p_wake + q_wake)
+
+
+def test_user_wake_sleep_matches_its_expectation():
+    exact = exact_rws_loss_gradient()
+    assert z_against(wake_sleep, cont_model, cont_guide, CONT, exact, X, seed=7) < THRESHOLD
+
+
+# Branching on a discrete draw with lax.cond; the choice's logit starts at exactly 0.
+
+
+def choice():
+    return numpyro.sample("c", dist.Bernoulli(logits=numpyro.param("a", 0.0)))
+
+
+@vigrad.program
+def iwelbo_or_elbo(p):
+    log_w = p.particles(2).log_w
+    c = p.sample(choice).values["c"]
+    return jax.lax.cond(c > 0, vigrad.log_mean_exp, jnp.mean, log_w)
+
+
+def test_program_branching_on_a_discrete_draw_unbiased():
+    params = {**CONT, "a": jnp.array(0.0)}
+
+    def expected(p):
+        on = jax.nn.sigmoid(p["a"])
+        iw, elbo = (-exact_by_quadrature(f)(p) for f in (vigrad.log_mean_exp, jnp.mean))
+        return on * iw + (1 - on) * elbo
+
+    exact = jax.tree.map(jnp.negative, jax.grad(expected)(params))
+    assert z_against(iwelbo_or_elbo, cont_model, cont_guide, params, exact, X) < THRESHOLD
+
+
+# Measure-valued derivatives.
+
+
+def test_mvd_unbiased_in_the_elbo():
+    objective = vigrad.ELBO(2, estimators={"k": vigrad.MVD(), "z": vigrad.MVD()})
+    exact = jax.grad(exact_by_enumeration(jnp.mean, 1))(DISC)
+    assert z_against(objective, disc_model, disc_guide, DISC, exact, Y) < THRESHOLD
+
+
+def test_mvd_refused_in_the_iwelbo_and_its_bias_detected():
+    objective = vigrad.IWELBO(2, estimators={"k": vigrad.MVD()})
+    with pytest.raises(vigrad.EstimatorError, match="MVD.*'k'.*IWELBO"):
+        objective.loss(jax.random.key(0), DISC, disc_model, disc_guide, Y)
+    objective.check_unbiasedness = False
+    exact = jax.grad(exact_by_enumeration(vigrad.log_mean_exp, 2))(DISC)
+    assert z_against(objective, disc_model, disc_guide, DISC, exact, Y) > THRESHOLD
+
+
+def test_mvd_cannot_serve_continuous_sites():
+    objective = vigrad.ELBO(estimators={"mu": vigrad.MVD()})
+    with pytest.raises(vigrad.EstimatorError, match="MVD.*'mu'.*finite support"):
+        objective.loss(jax.random.key(0), CONT, cont_model, cont_guide, X)
+
+
+# Bernoulli(logits=a).log_prob at a = 0: NumPyro's gradient is 0 or 1 there instead of -1/2 or 1/2.
+
+
+def test_log_prob_smooth_at_zero_logits():
+    for y, slope in ((0.0, -0.5), (1.0, 0.5)):
+        grad = jax.grad(lambda a, y=y: log_prob(dist.Bernoulli(logits=a), y))(0.0)
+        assert jnp.isclose(grad, slope)
+        grad = jax.grad(lambda a, y=y: log_prob(dist.Binomial(3, logits=a), y))(0.0)
+        assert jnp.isclose(grad, y - 1.5)
+    a = jnp.array([-3.0, 0.0, 0.7])
+    for d, v in ((dist.Bernoulli(logits=a), jnp.array([1.0, 0.0, 1.0])),
+                 (dist.Binomial(4, logits=a), jnp.array([0.0, 2.0, 4.0]))):
+        assert jnp.allclose(log_prob(d, v), d.log_prob(v))
+
+
+def test_score_and_mvd_at_zero_logits_unbiased():
+    zero = {**DISC, "a0": jnp.array(0.0), "a1": jnp.array(0.0)}
+    exact = jax.grad(exact_by_enumeration(jnp.mean, 1))(zero)
+    for estimator in (vigrad.Score(), vigrad.MVD()):
+        objective = vigrad.ELBO(1, estimators={"z": estimator})
+        assert z_against(objective, disc_model, disc_guide, zero, exact, Y) < THRESHOLD
+
+
+# The shipped checker.
+
+
+def test_check_unbiased_passes_a_valid_program_and_rejects_a_biased_one():
+    good = vigrad.check_unbiased(vigrad.VIMCO(3), disc_model, disc_guide, Y, params=DISC)
+    assert good.passed and good.reference_kind == "independent", str(good)
+    exact_fn = lambda p: -exact_by_quadrature(jnp.mean)(p)
+    elbo = vigrad.ELBO(2, estimators={"mu": vigrad.PathGradient()})
+    exact = vigrad.check_unbiased(elbo, cont_model, cont_guide, X, params=CONT, reference=exact_fn)
+    assert exact.passed and exact.reference_kind == "exact"
+    biased = vigrad.IWELBO(2, estimators={"mu": vigrad.PathGradient()})
+    biased.check_unbiasedness = False
+    bad = vigrad.check_unbiased(biased, cont_model, cont_guide, X, params=CONT, num_samples=20_000)
+    assert not bad.passed and bad.max_z > bad.threshold
+    assert "BIASED" in str(bad) and "mu" not in bad.z and "m" in str(bad)
