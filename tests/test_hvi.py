@@ -140,7 +140,10 @@ def stopped_latents(num_inner, num_particles=1, reduce=jnp.mean):
             u = p.sample(HMODEL.reverse, z, *p.args)
             return p.score(p.guide, {**z, **u.values}).log_prob - u.log_prob
 
-        first = p.score(p.guide, {**z, **u0}).log_prob - p.score(HMODEL.reverse, u0, z, *p.args).log_prob
+        first = (
+            p.score(p.guide, {**z, **u0}).log_prob
+            - p.score(HMODEL.reverse, u0, z, *p.args).log_prob
+        )
         terms = jnp.concatenate([first[None], p.particles(num_inner, inner)])
         return latents.log_prob - vigrad.log_mean_exp(terms)
 

@@ -14,8 +14,8 @@ from numpy.polynomial.hermite_e import hermegauss
 from unbiased import THRESHOLD, gradient_samples, max_abs_z
 
 import vigrad
-from vigrad.estimators.log_prob import log_prob
 from vigrad.estimators.control_variates import ControlVariate, EmptyState
+from vigrad.estimators.log_prob import log_prob
 from vigrad.objectives.program import log_mean_exp
 from vigrad.objectives.renyi import renyi_bound
 

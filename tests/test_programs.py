@@ -158,8 +158,10 @@ def test_log_prob_smooth_at_zero_logits():
         grad = jax.grad(lambda a, y=y: log_prob(dist.Binomial(3, logits=a), y))(0.0)
         assert jnp.isclose(grad, y - 1.5)
     a = jnp.array([-3.0, 0.0, 0.7])
-    for d, v in ((dist.Bernoulli(logits=a), jnp.array([1.0, 0.0, 1.0])),
-                 (dist.Binomial(4, logits=a), jnp.array([0.0, 2.0, 4.0]))):
+    for d, v in (
+        (dist.Bernoulli(logits=a), jnp.array([1.0, 0.0, 1.0])),
+        (dist.Binomial(4, logits=a), jnp.array([0.0, 2.0, 4.0])),
+    ):
         assert jnp.allclose(log_prob(d, v), d.log_prob(v))
 
 
