@@ -14,7 +14,13 @@ from vigrad.diagnostics import (
     select_estimators,
     to_inference_data,
 )
-from vigrad.errors import DataError, EstimatorError, ModelGuideMismatchError, VigradError
+from vigrad.errors import (
+    CheckpointError,
+    DataError,
+    EstimatorError,
+    ModelGuideMismatchError,
+    VigradError,
+)
 from vigrad.estimators.base import Estimator
 from vigrad.estimators.control_variates import ControlVariate, Learned, LeaveOneOut, MovingAverage
 from vigrad.estimators.enum import Enumerate
@@ -34,6 +40,7 @@ from vigrad.objectives.renyi import RenyiELBO
 from vigrad.objectives.rws import RWS
 
 __all__ = [
+    "CheckpointError",
     "compare_estimators",
     "Comparison",
     "ControlVariate",
