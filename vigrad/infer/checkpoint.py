@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import struct
 import tempfile
@@ -183,6 +184,11 @@ def _read(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     with open(path, "rb") as handle:
         head = handle.read(len(_ZIP_MAGIC))
     if head != _ZIP_MAGIC:
+        if _ZIP_MAGIC.startswith(head):
+            raise CheckpointError(
+                f"checkpoint {os.fspath(path)} is truncated or corrupt ({len(head)} bytes long). "
+                + _start_afresh(path)
+            )
         if head.startswith(_PICKLE_PROTOCOL):
             raise CheckpointError(
                 f"{os.fspath(path)} is a pickled checkpoint from an older vigrad. It is not loaded: "
@@ -236,8 +242,9 @@ def _read(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
 
 def _check_entry(entry: dict, array: np.ndarray) -> None:
     """The array read for an entry is the one its metadata describes."""
-    shape = [array.size] if entry["raw"] else entry["shape"]
-    dtype = "uint8" if entry["raw"] else entry["dtype"]
+    shape, dtype = entry["shape"], entry["dtype"]
+    if entry["raw"]:
+        shape, dtype = [math.prod(shape) * jax.numpy.dtype(dtype).itemsize], "uint8"
     if not isinstance(entry["where"], str) or list(array.shape) != shape or array.dtype != dtype:
         raise ValueError(f"member {entry['member']} does not match its metadata")
 
