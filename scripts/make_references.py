@@ -1,5 +1,7 @@
 """Write reference posteriors for the zoo models that name a REFERENCE file: long NUTS runs.
 
+The files go beside the models, in vigrad/zoo/models/reference/ (or $VIGRAD_MODELS/reference/).
+
     .venv/bin/python scripts/make_references.py [MODEL ...] [--samples 20000] [--chains 4]
 
 Each reference stores, per latent and deterministic site, the posterior mean and standard deviation

@@ -11,7 +11,13 @@ vigrad/zoo/models/data/README.md.
 from pathlib import Path
 
 import numpy as np
-from sklearn.datasets import load_breast_cancer, load_digits
+
+try:
+    from sklearn.datasets import load_breast_cancer, load_digits
+except ImportError as err:
+    raise SystemExit(
+        "scripts/make_zoo_data.py needs scikit-learn, part of the dev extra: pip install '.[dev]'"
+    ) from err
 
 OUT = Path(__file__).resolve().parent.parent / "vigrad" / "zoo" / "models" / "data"
 

@@ -1,9 +1,16 @@
 """Every zoo model loads, its guide matches the model and its estimators serve their sites.
 
+Every file of the zoo is packaged (the wheel's install is tested in test_install.py), and
+``$VIGRAD_MODELS`` points the zoo at another folder.
+
 The gradient of the recommended objective is traced abstractly (``jax.eval_shape``), which runs
 every vigrad check on the real data without compiling; one zoo model is fitted end to end in
 test_cli.py.
 """
+
+import tomllib
+from fnmatch import fnmatch
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -12,6 +19,8 @@ from numpyro.handlers import seed, trace
 
 import vigrad
 from vigrad.zoo import list_models, load_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED = {
     "bayesian_mlp",
@@ -54,3 +63,24 @@ def test_zoo_model_traces_with_its_recommended_estimators(name):
         for site, ref in zm.reference["sites"].items():
             assert site in tr, f"reference site {site} not in the model"
             assert len(ref["mean"]) == max(1, int(np.prod(tr[site].shape)))
+
+
+def test_every_zoo_file_ships_in_the_wheel():
+    # Model files are modules of the package; everything else must match a package-data pattern.
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["vigrad.zoo.models"]
+    zoo = Path(vigrad.zoo.__file__).parent / "models"
+    for path in zoo.rglob("*"):
+        rel = path.relative_to(zoo)
+        if path.is_dir() or path.suffix in (".py", ".pyc") or "__pycache__" in rel.parts:
+            continue
+        assert any(fnmatch(rel.as_posix(), p) for p in patterns), f"{rel} is not package data"
+
+
+def test_vigrad_models_points_the_zoo_elsewhere(tmp_path, monkeypatch):
+    (tmp_path / "mine.py").write_text(
+        '"""Mine."""\nmodel = guide = print\n\ndef load_data():\n    return {}\n'
+    )
+    monkeypatch.setenv("VIGRAD_MODELS", str(tmp_path))
+    assert list_models() == ["mine"]
+    assert load_model("mine").description == "Mine."

@@ -16,7 +16,13 @@ from vigrad.diagnostics import (
     select_estimators,
     to_inference_data,
 )
-from vigrad.errors import DataError, EstimatorError, ModelGuideMismatchError, VigradError
+from vigrad.errors import (
+    CheckpointError,
+    DataError,
+    EstimatorError,
+    ModelGuideMismatchError,
+    VigradError,
+)
 from vigrad.estimators.base import Estimator
 from vigrad.estimators.control_variates import ControlVariate, Learned, LeaveOneOut, MovingAverage
 from vigrad.estimators.enum import Enumerate
@@ -40,6 +46,7 @@ from vigrad.objectives.transform import Estimate
 
 __all__ = [
     "check_unbiased",
+    "CheckpointError",
     "compare_estimators",
     "Comparison",
     "ControlVariate",

@@ -13,7 +13,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from vigrad.errors import VigradError
@@ -407,9 +407,16 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    try:
+        return version("vigrad")
+    except PackageNotFoundError:  # ``python -m vigrad`` from a source tree that was never installed
+        return "(source tree, not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vigrad", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"vigrad {version('vigrad')}")
+    parser.add_argument("--version", action="version", version=f"vigrad {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     fit = sub.add_parser("fit", help="fit a zoo model or a Python file's model and guide")

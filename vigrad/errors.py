@@ -15,3 +15,8 @@ class ModelGuideMismatchError(VigradError, ValueError):
 
 class DataError(VigradError, ValueError):
     """Observed data contains NaN or infinite values."""
+
+
+class CheckpointError(VigradError, ValueError):
+    """A checkpoint cannot be read (not vigrad's format, truncated, corrupt) or belongs to a
+    different run (other parameters, objective, optimiser, kernel, key or step count)."""

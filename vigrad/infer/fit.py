@@ -25,7 +25,8 @@ from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 from numpyro.handlers import replay, seed, trace
 
-from vigrad.infer.checkpoint import load_checkpoint, save_checkpoint
+from vigrad.infer.checkpoint import resume_checkpoint, save_checkpoint
+from vigrad.infer.describe import array_summary, describe
 from vigrad.infer.progress import ChunkProgress
 from vigrad.infer.static import join_static, split_static
 from vigrad.objectives.base import Objective
@@ -171,7 +172,7 @@ def fit(
     progress_bar: bool = True,
     init_values: dict[str, jax.Array] | None = None,
     checkpoint_path: str | os.PathLike | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     **kwargs: Any,
 ) -> FitResult:
     """Fit ``guide`` to ``model`` by maximising ``objective`` with ``optimizer``.
@@ -186,14 +187,21 @@ def fit(
             bar, the divergence check and checkpoints happen between chunks.
         progress_bar: show a progress bar with the running loss.
         init_values: constrained initial values for some ``numpyro.param`` sites.
-        checkpoint_path: if given, the state is written there after every chunk.
-        resume: continue from ``checkpoint_path`` if it exists (the result is identical to an
-            uninterrupted run).
+        checkpoint_path: if given, the state is written there after every chunk (a ``.npz``
+            archive, written atomically; see the checkpoints page of the docs).
+        resume: ``True``: continue from ``checkpoint_path`` if it exists (the result is identical
+            to an uninterrupted run); the checkpoint must come from the same parameters,
+            objective, optimiser, key, ``init_values`` and ``num_steps``.
+            ``"extend"``: the same, but ``num_steps`` may differ (continue a run further).
 
     Returns:
         A :class:`FitResult`. If the loss or a gradient becomes NaN or infinite, the run stops, a
         :class:`NonFiniteLossWarning` names the step, and the returned parameters are the last
         finite ones.
+
+    Raises:
+        CheckpointError: resuming from a checkpoint that is not vigrad's format, is corrupt, or
+            belongs to a different run.
     """
     num_steps = int(num_steps)
     if num_steps < 1:
@@ -218,10 +226,26 @@ def fit(
     obj_state = objective.init_state(init_key, params, model, guide, *args, **kwargs)
     start, losses = 0, []
 
-    if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
-        saved = load_checkpoint(checkpoint_path)
-        params_u, opt_state, obj_state = saved["params"], saved["opt_state"], saved["state"]
-        start, losses, base_key = saved["step"], [np.asarray(saved["losses"])], saved["base_key"]
+    run_info = None
+    if checkpoint_path is not None:
+        run_info = _run_info(params_u, cons, objective, optimizer, opt_state, rng_key, init_values)
+        run_info["num_steps"] = num_steps
+    saved = resume_checkpoint(
+        checkpoint_path,
+        resume,
+        {
+            "params": params_u,
+            "opt_state": opt_state,
+            "state": obj_state,
+            "step": 0,
+            "base_key": base_key,
+        },
+        run_info,
+    )
+    if saved is not None:
+        params_u, opt_state, obj_state = (saved.state[k] for k in ("params", "opt_state", "state"))
+        start, base_key = saved.state["step"], saved.state["base_key"]
+        losses = [saved.history["losses"]]
 
     carry = (params_u, opt_state, obj_state, jnp.array(-1, jnp.int32))
     diverged_at = None
@@ -254,9 +278,10 @@ def fit(
                         "opt_state": carry[1],
                         "state": carry[2],
                         "step": step,
-                        "losses": np.concatenate(losses),
                         "base_key": base_key,
                     },
+                    run_info,
+                    history={"losses": np.concatenate(losses)},
                 )
 
     params_u, opt_state, obj_state, _ = carry
@@ -279,3 +304,26 @@ def fit(
         diverged_at=diverged_at,
         message=message,
     )
+
+
+def _run_info(
+    params_u: dict,
+    cons: dict,
+    objective: Objective,
+    optimizer: optax.GradientTransformation,
+    opt_state: Any,
+    rng_key: jax.Array,
+    init_values: dict | None,
+) -> dict:
+    """What a checkpoint of this fit belongs to; resuming checks that each entry is unchanged."""
+    leaves = jax.tree_util.tree_flatten_with_path(opt_state)[0]
+    return {
+        "function": "vigrad.fit",
+        "params": {n: array_summary(params_u[n]) for n in sorted(params_u)},
+        "constraints": {n: describe(cons[n]) for n in sorted(cons)},
+        "objective": describe(objective),
+        "optimizer": describe(optimizer),
+        "optimizer_state": {jax.tree_util.keystr(p): array_summary(x) for p, x in leaves},
+        "rng_key": describe(rng_key),
+        "init_values": describe(init_values),
+    }

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vigrad.errors import DataError
-from vigrad.infer.checkpoint import load_checkpoint, save_checkpoint
+from vigrad.infer.checkpoint import resume_checkpoint, save_checkpoint
+from vigrad.infer.describe import array_summary, describe
 from vigrad.infer.progress import ChunkProgress
 from vigrad.infer.static import join_static, split_static
 from vigrad.sgmcmc.kernels import Kernel
@@ -172,7 +173,7 @@ def sample(
     thinning: int = 1,
     progress_bar: bool = True,
     checkpoint_path: str | os.PathLike | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     init_params: dict | None = None,
     data_plate: str | None = None,
     chunk_size: int | None = None,
@@ -201,8 +202,12 @@ def sample(
         rng_key: a JAX PRNG key.
         num_warmup: burn-in steps, discarded.
         progress_bar: a progress bar updated once per compiled chunk.
-        checkpoint_path: if given, the run's state is written there after every chunk.
-        resume: continue from ``checkpoint_path`` if it exists (identical to an uninterrupted run).
+        checkpoint_path: if given, the run's state is written there after every chunk (a ``.npz``
+            archive, written atomically; see the checkpoints page of the docs).
+        resume: ``True``: continue from ``checkpoint_path`` if it exists (identical to an
+            uninterrupted run); the checkpoint must come from the same latent sites, kernel, key,
+            chains, batch size, warm-up, thinning, ``init_params`` and ``num_samples``.
+            ``"extend"``: the same, but ``num_samples`` may differ (draw more samples).
         init_params: constrained starting values per latent site (site shape, or with a leading
             chain axis). Default: uniform on (-2, 2) in unconstrained space, or the kernel's
             centre (SGLD-CV).
@@ -217,6 +222,8 @@ def sample(
     Raises:
         DataError: no data plate, data not indexed by the plate, or a batch larger than the data.
         DivergentChainError: a chain became NaN or infinite (names the chain and the step).
+        CheckpointError: resuming from a checkpoint that is not vigrad's format, is corrupt, or
+            belongs to a different run.
     """
     if not isinstance(kernel, Kernel):
         raise TypeError(
@@ -264,15 +271,28 @@ def sample(
     chunk = int(chunk_size or max(1, math.ceil(total / 20)))
     chunk_draws = max(1, chunk // thinning)
     step, draws = 0, []
-    if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
-        saved = load_checkpoint(checkpoint_path)
-        states, step, chain_keys, aux = (
-            saved["states"],
-            saved["step"],
-            saved["chain_keys"],
-            saved["aux"],
+    run_info = None
+    if checkpoint_path is not None:
+        run_info = _run_info(states, kernel, rng_key, init_params, target.plate)
+        run_info.update(
+            num_chains=num_chains,
+            batch_size=batch_size,
+            num_warmup=num_warmup,
+            thinning=thinning,
+            num_samples=num_samples,
+            num_steps=total,
         )
-        draws = [saved["draws"]] if saved["draws"] is not None else []
+    saved = resume_checkpoint(
+        checkpoint_path,
+        resume,
+        {"states": states, "chain_keys": chain_keys, "aux": aux, "step": 0},
+        run_info,
+        extendable=("num_samples", "num_steps"),
+    )
+    if saved is not None:
+        states, chain_keys, aux = (saved.state[k] for k in ("states", "chain_keys", "aux"))
+        step = saved.state["step"]
+        draws = [saved.history] if saved.history else []
 
     run = _cached_chunk(target, kernel, batch_size, static_key)
     carry = states
@@ -321,13 +341,9 @@ def sample(
             if checkpoint_path is not None:
                 save_checkpoint(
                     checkpoint_path,
-                    {
-                        "states": carry,
-                        "step": step,
-                        "chain_keys": chain_keys,
-                        "aux": aux,
-                        "draws": _concat(draws),
-                    },
+                    {"states": carry, "chain_keys": chain_keys, "aux": aux, "step": step},
+                    run_info,
+                    history=_concat(draws),
                 )
     samples = _concat(draws)
     return SGMCMCResult(
@@ -338,6 +354,20 @@ def sample(
         num_steps=total,
         thinning=thinning,
     )
+
+
+def _run_info(
+    states: Any, kernel: Kernel, rng_key: jax.Array, init_params: dict | None, plate: str
+) -> dict:
+    """What a checkpoint of this run belongs to; resuming checks that each entry is unchanged."""
+    return {
+        "function": "vigrad.sgmcmc.sample",
+        "positions": {n: array_summary(x) for n, x in sorted(states.position.items())},
+        "kernel": describe(kernel),
+        "rng_key": describe(rng_key),
+        "init_params": describe(init_params),
+        "data_plate": plate,
+    }
 
 
 def _concat(draws: list) -> dict | None:
