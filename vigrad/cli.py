@@ -1,6 +1,6 @@
 """The ``vigrad`` command: fit zoo models (or a user's file) and report the posterior.
 
-vigrad fit eight_schools --estimator tau=path --objective iwelbo --particles 8 --steps 3000
+vigrad fit eight_schools --objective dreg --particles 8 --steps 3000
 vigrad fit my_model.py --out results/mine
 vigrad models
 """
@@ -182,7 +182,22 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from vigrad.zoo import load_model
 
     zm = load_model(args.model)
-    estimators = {**zm.estimators, **parse_estimators(args.estimator)}
+    suggested = dict(zm.estimators)
+    if args.objective in ("iwelbo", "vimco", "renyi"):
+        # The zoo's sticking-the-landing suggestions hold for the ELBO and DReG only: these
+        # objectives are not linear in log q, so those sites fall back to reparameterisation.
+        dropped = sorted(n for n, e in suggested.items() if isinstance(e, vigrad.PathGradient))
+        if dropped:
+            print(
+                f"note: {args.objective} is not linear in log q, so the model's suggested "
+                f"PathGradient on {dropped} is replaced by Reparam (use --objective dreg for "
+                "path gradients in an importance-weighted bound)"
+            )
+        suggested = {
+            n: vigrad.Reparam() if isinstance(e, vigrad.PathGradient) else e
+            for n, e in suggested.items()
+        }
+    estimators = {**suggested, **parse_estimators(args.estimator)}
     num_particles = args.particles or zm.num_particles
     if args.objective != "elbo" and not args.particles:
         num_particles = max(num_particles, 8)
