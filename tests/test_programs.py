@@ -188,3 +188,24 @@ def test_check_unbiased_passes_a_valid_program_and_rejects_a_biased_one():
     bad = vigrad.check_unbiased(biased, cont_model, cont_guide, X, params=CONT, num_samples=20_000)
     assert not bad.passed and bad.max_z > bad.threshold
     assert "BIASED" in str(bad) and "mu" not in bad.z and "m" in str(bad)
+
+
+# Guide factors and observed guide sites belong to log q, as in NumPyro's ELBOs.
+
+
+def test_guide_factor_is_part_of_log_q_as_in_numpyro():
+    def model():
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+        numpyro.sample("x", dist.Normal(z, 1.0), obs=1.0)
+
+    def guide():
+        m = numpyro.param("m", 0.3)
+        numpyro.sample("z", dist.Delta(m))
+        numpyro.factor("tempering", -0.5 * m**2)
+
+    params = {"m": jnp.array(0.3)}
+    key = jax.random.key(0)
+    ours = jax.value_and_grad(lambda p: vigrad.ELBO().loss(key, p, model, guide))(params)
+    numpyro_elbo = numpyro.infer.Trace_ELBO()
+    theirs = jax.value_and_grad(lambda p: numpyro_elbo.loss(key, p, model, guide))(params)
+    assert jnp.allclose(ours[0], theirs[0]) and jnp.allclose(ours[1]["m"], theirs[1]["m"])
