@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
+import optax
 import pytest
 from test_hvi import HMODEL, iwhvi_one_inner, neg_grad
 from test_hvi import guide as hvi_guide
@@ -209,3 +210,28 @@ def test_guide_factor_is_part_of_log_q_as_in_numpyro():
     numpyro_elbo = numpyro.infer.Trace_ELBO()
     theirs = jax.value_and_grad(lambda p: numpyro_elbo.loss(key, p, model, guide))(params)
     assert jnp.allclose(ours[0], theirs[0]) and jnp.allclose(ours[1]["m"], theirs[1]["m"])
+
+
+# Flow autoguides: log q from the intermediates recorded while sampling, no inverse pass.
+
+
+@pytest.mark.parametrize(
+    "autoguide", ["AutoBNAFNormal", pytest.param("AutoIAFNormal", marks=pytest.mark.slow)]
+)
+def test_flow_autoguides_need_no_inverse(autoguide):
+    def model():
+        z = numpyro.sample("z", dist.Normal(jnp.zeros(2), 1.0).to_event(1))
+        numpyro.sample("x", dist.Normal(z.sum(), 1.0), obs=0.7)
+
+    guide = getattr(numpyro.infer.autoguide, autoguide)(model)
+    svi = numpyro.infer.SVI(model, guide, optax.adam(1e-2), vigrad.ELBO())
+    p = svi.get_params(svi.init(jax.random.key(0)))
+    n = 400
+    keys = jax.random.split(jax.random.key(1), n)
+    values = lambda elbo: jax.jit(jax.vmap(lambda k: elbo.loss(k, p, model, guide)))(keys)
+    ours, theirs = values(vigrad.ELBO()), values(numpyro.infer.Trace_ELBO())
+    assert abs(ours.mean() - theirs.mean()) < THRESHOLD * jnp.sqrt((ours.var() + theirs.var()) / n)
+    path = vigrad.ELBO(estimators={"_auto_latent": vigrad.PathGradient()})
+    if autoguide == "AutoBNAFNormal":
+        with pytest.raises(vigrad.EstimatorError, match="'_auto_latent'.*invert.*Reparam"):
+            path.loss(keys[0], p, model, guide)

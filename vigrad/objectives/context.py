@@ -40,6 +40,7 @@ from vigrad.estimators.score import Score
 from vigrad.objectives.particles import (
     ParticleDraw,
     ParticleSites,
+    _estimator_log_q,
     _SampleWithEstimators,
     _scaled,
     standard_particle,
@@ -432,7 +433,7 @@ class ProgramContext:
                 values[name] = value
                 lq = sampler.log_q_terms.get(name)
                 if lq is None:
-                    lq = est.log_q(fn, value)
+                    lq = _estimator_log_q(name, est, fn, value)
                 records.estimators[f"{draw_id}/{name}"] = est
                 if est.is_score and self._record_nodes:
                     nid = f"{draw_id}/{name}"

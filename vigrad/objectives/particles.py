@@ -140,6 +140,18 @@ class _SampleWithEstimators(Messenger):
         msg["infer"] = {**(msg["infer"] or {}), "vigrad_estimator": estimator}
 
 
+def _estimator_log_q(name: str, est: Estimator, fn: Any, value: jax.Array) -> jax.Array:
+    try:
+        return est.log_q(fn, value)
+    except NotImplementedError as err:
+        raise EstimatorError(
+            f"{est!r} on site '{name}' needs log q at the sampled value, which "
+            f"{type(fn).__name__} can only evaluate by inverting its transform ({err}). Use "
+            "vigrad.Reparam(), which reuses the intermediates recorded while sampling, or a "
+            "vigrad.flows guide, whose path gradient needs no inverse."
+        ) from None
+
+
 def _check_shape(name: str, fn: Any, sample_shape: tuple, value: jax.Array) -> None:
     expected = tuple(fn.shape(sample_shape))
     got = tuple(jnp.shape(value))
@@ -302,7 +314,7 @@ def trace_particle(
         elif est is None or n in sampler.enumerated:
             lq = log_prob(s["fn"], s["value"])
         else:
-            lq = est.log_q(s["fn"], s["value"])
+            lq = _estimator_log_q(n, est, s["fn"], s["value"])
         log_q_sites[n] = _scaled(s, lq)
 
     score_sites = tuple(n for n, est in chosen.items() if est.is_score)
