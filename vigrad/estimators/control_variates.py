@@ -20,11 +20,30 @@ from vigrad.errors import EstimatorError
 
 
 class ControlVariate(NamedTuple):
-    """A baseline as a pair of pure functions over explicit state."""
+    """A baseline as a pair of pure functions over explicit state.
+
+    ``spec`` names the construction (e.g. ``"MovingAverage(0.9)"``): control variates built the same
+    way compare equal and print by it; without one they compare by identity.
+    """
 
     init: Callable[[jax.Array], Any]
     update: Callable[[jax.Array, Any], tuple[jax.Array, Any]]
     needs_independent_particles: bool = False
+    spec: str | None = None
+
+    def __eq__(self, other: object) -> bool:
+        if self.spec is not None and isinstance(other, ControlVariate):
+            return self.spec == other.spec
+        return tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(self.spec) if self.spec is not None else tuple.__hash__(self)
+
+    def __repr__(self) -> str:
+        return self.spec if self.spec is not None else f"ControlVariate({self.init!r})"
 
 
 class EmptyState(NamedTuple):
@@ -36,6 +55,7 @@ def no_baseline() -> ControlVariate:
     return ControlVariate(
         init=lambda signals: EmptyState(),
         update=lambda signals, state: (jnp.zeros_like(signals), state),
+        spec="no_baseline()",
     )
 
 
@@ -55,7 +75,9 @@ def LeaveOneOut() -> ControlVariate:  # noqa: N802 (constructor-style name, as i
             )
         return (jnp.sum(signals, axis=0, keepdims=True) - signals) / (k - 1), state
 
-    return ControlVariate(lambda signals: EmptyState(), update, needs_independent_particles=True)
+    return ControlVariate(
+        lambda signals: EmptyState(), update, needs_independent_particles=True, spec="LeaveOneOut()"
+    )
 
 
 class MovingAverageState(NamedTuple):
@@ -89,7 +111,7 @@ def MovingAverage(decay: float = 0.9) -> ControlVariate:  # noqa: N802
             average, state.count + 1
         )
 
-    return ControlVariate(init, update)
+    return ControlVariate(init, update, spec=f"MovingAverage({decay!r})")
 
 
 class LearnedState(NamedTuple):
