@@ -271,3 +271,43 @@ def test_score_terms_under_plate_subsampling_scaled_once():
     exact = jax.tree.map(jnp.negative, jax.grad(full_elbo)(params))
     objective = vigrad.ELBO(2, estimators={"z": vigrad.Score()})
     assert z_against(objective, sub_model, sub_guide, params, exact, XS) < THRESHOLD
+
+
+# numpyro.mutable sites (batch-norm statistics and the like) are updated as NumPyro's ELBOs do.
+
+
+def counting_model():
+    seen = numpyro.primitives.mutable("model_seen", {"n": jnp.array(0.0)})
+    z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+    seen["n"] = seen["n"] + 1.0
+    numpyro.sample("x", dist.Normal(z, 1.0), obs=0.5)
+
+
+def averaging_guide():
+    stats = numpyro.primitives.mutable("guide_stats", {"n": jnp.array(0.0), "mean": jnp.array(0.0)})
+    z = numpyro.sample("z", dist.Normal(numpyro.param("m", 0.0), 1.0))
+    n = stats["n"] + 1.0
+    stats["mean"] = stats["mean"] + (jax.lax.stop_gradient(z) - stats["mean"]) / n
+    stats["n"] = n
+
+
+def test_mutable_state_carried_by_svi_and_fit():
+    svi = numpyro.infer.SVI(counting_model, averaging_guide, optax.adam(0.05), vigrad.ELBO())
+    result = svi.run(jax.random.key(0), 20, progress_bar=False)
+    mutable = result.state.mutable_state
+    # SVI's init runs the programs once, then each of the 20 steps updates the counters once.
+    assert float(mutable["guide_stats"]["n"]) == 21.0
+    assert float(mutable["model_seen"]["n"]) == 21.0
+    fitted = vigrad.fit(
+        counting_model,
+        averaging_guide,
+        vigrad.ELBO(),
+        optax.adam(0.05),
+        20,
+        jax.random.key(0),
+        progress_bar=False,
+    )
+    stats = fitted.state["numpyro$mutable"]["guide_stats"]
+    assert float(stats["n"]) == 21.0 and abs(float(stats["mean"])) < 2.0
+    with pytest.warns(UserWarning, match="mutable sites.*not updated with 2 particles"):
+        vigrad.ELBO(2).loss(jax.random.key(0), {"m": 0.0}, counting_model, averaging_guide)

@@ -24,6 +24,9 @@ from vigrad.objectives.transform import Estimate, Evaluation, transform
 STATE_SITE = "vigrad$state"
 """Name under which an objective's state travels in NumPyro's mutable state."""
 
+MUTABLE = "numpyro$mutable"
+"""Key of the ``numpyro.mutable`` values in an objective's state (as ``vigrad.fit`` carries it)."""
+
 
 class Objective(_NumPyroELBO):
     """A variational objective written as a program, with per-site gradient estimators.
@@ -80,13 +83,22 @@ class Objective(_NumPyroELBO):
 
         def signals(rng_key, params):
             evaluation = self.evaluate(rng_key, params, model, guide, args, kwargs)
-            captured.update(nodes=evaluation.nodes, independent=evaluation.independent)
+            captured.update(
+                nodes=evaluation.nodes,
+                independent=evaluation.independent,
+                has_mutable=bool(evaluation.mutable),
+            )
             return evaluation.signals
 
         # Keys and params enter as arguments, so nothing in the trace runs eagerly on them.
         shapes = jax.eval_shape(signals, rng_key, params)
         evaluation = Evaluation(None, None, captured["nodes"], {}, shapes, captured["independent"])
-        return init_control_variate_states(evaluation)
+        state = init_control_variate_states(evaluation)
+        if captured["has_mutable"]:
+            # The mutable sites' values after one evaluation, as numpyro.infer.SVI starts them.
+            mutable = lambda k, p: self.evaluate(k, p, model, guide, args, kwargs).mutable
+            state[MUTABLE] = jax.jit(mutable)(rng_key, params)
+        return state
 
     def loss_and_state(
         self,
@@ -98,11 +110,19 @@ class Objective(_NumPyroELBO):
         kwargs: dict,
         state: dict[str, Any] | None,
     ) -> tuple[jax.Array, dict[str, Any]]:
-        """Loss (negative objective, with unbiased gradient) and the next objective state."""
+        """Loss (negative objective, with unbiased gradient) and the next objective state.
+
+        The state holds the control variates' states and, under ``MUTABLE``, the values of the
+        programs' ``numpyro.mutable`` sites, which are given to the programs and updated.
+        """
+        if state and MUTABLE in state:
+            params = {**params, **jax.lax.stop_gradient(state[MUTABLE])}
         evaluation = self.evaluate(rng_key, params, model, guide, args, kwargs)
         if state is None:
             state = init_control_variate_states(evaluation)
         objective, new_state = surrogate_objective(evaluation, state)
+        if evaluation.mutable:
+            new_state[MUTABLE] = evaluation.mutable
         return -objective, new_state
 
     def loss(self, rng_key, param_map, model, guide, *args, **kwargs) -> jax.Array:
@@ -114,4 +134,8 @@ class Objective(_NumPyroELBO):
         params = {k: v for k, v in param_map.items() if k != STATE_SITE}
         state = param_map.get(STATE_SITE)
         loss, new_state = self.loss_and_state(rng_key, params, model, guide, args, kwargs, state)
-        return {"loss": loss, "mutable_state": {STATE_SITE: new_state} if new_state else None}
+        # NumPyro's SVI keeps mutable sites by name and passes them back among the parameters.
+        mutable = new_state.pop(MUTABLE, {})
+        if new_state:
+            mutable = {**mutable, STATE_SITE: new_state}
+        return {"loss": loss, "mutable_state": mutable or None}

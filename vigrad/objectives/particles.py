@@ -50,6 +50,8 @@ class ParticleDraw(NamedTuple):
         mvd_weights, mvd_cost_p, mvd_cost_q: per measure-valued site, ``q(b)`` per element and the
             downstream model and guide costs with the site at support value ``b``, with a leading
             branch axis (see :mod:`vigrad.estimators.mvd`).
+        mutable: the values of the guide's and model's ``numpyro.mutable`` sites after the
+            particle (e.g. batch-norm statistics of neural networks in them).
     """
 
     log_p: jax.Array
@@ -63,6 +65,7 @@ class ParticleDraw(NamedTuple):
     mvd_weights: dict[str, jax.Array] = {}
     mvd_cost_p: dict[str, jax.Array] = {}
     mvd_cost_q: dict[str, jax.Array] = {}
+    mutable: dict[str, Any] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +141,10 @@ class _SampleWithEstimators(Messenger):
         msg["value"] = value
         weights[msg["name"]] = jnp.where(real, jnp.exp(log_prob(fn, value)), 0.0)
         msg["infer"] = {**(msg["infer"] or {}), "vigrad_estimator": estimator}
+
+
+def _mutable_values(tr: dict) -> dict[str, Any]:
+    return {n: s["value"] for n, s in tr.items() if s["type"] == "mutable"}
 
 
 def _estimator_log_q(name: str, est: Estimator, fn: Any, value: jax.Array) -> jax.Array:
@@ -293,11 +300,14 @@ def trace_particle(
     )
     guide_tr = trace(sampler).get_trace(*args, **kwargs)
     chosen = sampler.chosen
+    mutable = _mutable_values(guide_tr)
     # ``seed`` outside ``replay``: replay fills the latent values first, so the model spends no
-    # random numbers on sites whose values come from the guide.
-    model_fn = substitute(seed(replay(model, guide_tr), key_model), data=params)
+    # random numbers on sites whose values come from the guide. The model sees the guide's
+    # updated mutable values, as in NumPyro's ELBOs.
+    model_fn = substitute(seed(replay(model, guide_tr), key_model), data={**params, **mutable})
     model_tr = trace(_GuideTraceContext(model_fn, guide_tr)).get_trace(*args, **kwargs)
     _check_traces(model_tr, guide_tr, assignment)
+    mutable.update(_mutable_values(model_tr))
 
     log_p_sites = {
         n: _scaled(s, log_prob(s["fn"], s["value"]))
@@ -382,6 +392,7 @@ def trace_particle(
         dict(sampler.mvd_weights),
         mvd_cost_p,
         mvd_cost_q,
+        mutable,
     )
     return draw, sites
 

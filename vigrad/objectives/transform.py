@@ -33,6 +33,7 @@ particle ``k``'s draws, so the signal stays unbiased for every program.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -80,6 +81,8 @@ class Evaluation:
         signals: node id -> its stopped learning signal, shaped like ``log_q``.
         independent: node id -> whether particle ``k``'s signal depends on particle ``k`` only
             (leave-one-out control variates are valid only then).
+        mutable: the updated values of ``numpyro.mutable`` sites (from a top-level block of one
+            particle; with more particles they are not defined and left out, as NumPyro does).
     """
 
     value: jax.Array
@@ -88,6 +91,7 @@ class Evaluation:
     log_q: dict[str, jax.Array]
     signals: dict[str, jax.Array]
     independent: dict[str, bool]
+    mutable: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 Program = Callable[[ProgramContext], Any]
@@ -218,7 +222,24 @@ def transform(
             signal = _leading(signal - loo_cache[node.block], lq.ndim)
         signals[nid] = jnp.broadcast_to(stop(signal), lq.shape)
         independent[nid] = False
-    return Evaluation(value, _differentiated(estimate), nodes, log_q, signals, independent)
+    mutable = _mutable_state(records.blocks.values(), name)
+    return Evaluation(value, _differentiated(estimate), nodes, log_q, signals, independent, mutable)
+
+
+def _mutable_state(blocks, name: str) -> dict[str, Any]:
+    for block in blocks:
+        if not block.standard or not block.output.mutable:
+            continue
+        if block.num > 1:
+            warnings.warn(
+                f"{name}: numpyro.mutable sites {sorted(block.output.mutable)} are not updated "
+                f"with {block.num} particles (each particle would update them differently); use "
+                "one particle to train models with mutable state.",
+                stacklevel=2,
+            )
+            return {}
+        return jax.tree.map(lambda x: x[0], block.output.mutable)
+    return {}
 
 
 def _leading(x: jax.Array, ndim: int) -> jax.Array:
