@@ -311,3 +311,22 @@ def test_mutable_state_carried_by_svi_and_fit():
     assert float(stats["n"]) == 21.0 and abs(float(stats["mean"])) < 2.0
     with pytest.warns(UserWarning, match="mutable sites.*not updated with 2 particles"):
         vigrad.ELBO(2).loss(jax.random.key(0), {"m": 0.0}, counting_model, averaging_guide)
+
+
+def test_per_site_losses_sum_to_the_loss_and_match_numpyro():
+    def model():
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+        numpyro.sample("x", dist.Normal(z, 1.0), obs=1.0)
+
+    def guide():
+        numpyro.sample("z", dist.Delta(numpyro.param("m", 0.3)))
+
+    key, params = jax.random.key(0), {"m": jnp.array(0.3)}
+    ours = vigrad.ELBO(sum_sites=False).loss(key, params, model, guide)
+    theirs = numpyro.infer.Trace_ELBO(sum_sites=False).loss(key, params, model, guide)
+    assert set(ours) == set(theirs) == {"z", "x"}
+    assert all(jnp.allclose(ours[n], theirs[n]) for n in ours)
+    # On a random guide, the shares add up to the loss of the same draws.
+    per_site = vigrad.ELBO(3, sum_sites=False).loss(key, CONT, cont_model, cont_guide, X)
+    total = vigrad.ELBO(3).loss(key, CONT, cont_model, cont_guide, X)
+    assert jnp.allclose(sum(per_site.values()), total)

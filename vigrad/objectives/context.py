@@ -120,6 +120,12 @@ class Particles:
         return self._draw.values
 
     @property
+    def site_log_w(self) -> dict[str, jax.Array]:
+        """Site name -> ``[K]`` its share of the log weight (``log p`` minus ``log q`` of the
+        site); the shares sum to ``log_w`` unless sites are enumerated."""
+        return self._draw.site_log_w
+
+    @property
     def num_particles(self) -> int:
         return int(self._draw.log_p.shape[0])
 

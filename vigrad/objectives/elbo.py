@@ -8,14 +8,24 @@ unbiased, and enumerated sites are summed out of each particle's log weight.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
-from vigrad.objectives.base import Objective
-from vigrad.objectives.context import ProgramContext
+from vigrad.errors import EstimatorError
+from vigrad.estimators.assignment import EstimatorSpec
+from vigrad.objectives.base import STATE_SITE, Objective
+from vigrad.objectives.context import ProgramContext, _Run
 
 
 class ELBO(Objective):
     """The ELBO with per-site gradient estimators; a drop-in loss for ``numpyro.infer.SVI``.
+
+    Args:
+        num_particles: ``K``.
+        estimators: per-site estimators (see :class:`vigrad.Objective`).
+        sum_sites: with ``False``, :meth:`loss` returns the loss per site (a dict whose values sum
+            to the loss, ``-(1/K) sum_k (log p_site - log q_site)``), as NumPyro's
+            ``Trace_ELBO(sum_sites=False)`` does, to see which sites drive the objective.
 
     Example::
 
@@ -26,5 +36,30 @@ class ELBO(Objective):
     # Read by estimator selection: enumeration candidates apply to objectives linear in log w.
     linear_in_log_weights = True
 
+    def __init__(
+        self, num_particles: int = 1, estimators: EstimatorSpec = None, sum_sites: bool = True
+    ):
+        super().__init__(num_particles, estimators)
+        self.sum_sites = bool(sum_sites)
+
     def program(self, p: ProgramContext):
         return jnp.mean(p.particles(self.num_particles).log_w)
+
+    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs) -> dict:
+        out = super().loss_with_mutable_state(rng_key, param_map, model, guide, *args, **kwargs)
+        if not self.sum_sites:
+            params = {k: v for k, v in param_map.items() if k != STATE_SITE}
+            out["loss"] = self.site_losses(rng_key, params, model, guide, args, kwargs)
+        return out
+
+    def site_losses(self, rng_key, params, model, guide, args, kwargs) -> dict[str, jax.Array]:
+        """Per site, ``-(1/K) sum_k (log p_site - log q_site)`` on the particles the loss draws."""
+        run = _Run(model, guide, tuple(args), dict(kwargs), params, self.assignment)
+        particles = ProgramContext(run, rng_key).particles(self.num_particles)
+        if particles.sites.enumerated:
+            raise EstimatorError(
+                f"ELBO(sum_sites=False) with Enumerate() on {sorted(particles.sites.enumerated)}: "
+                "the sum over an enumerated site's values is not a sum over sites. Use "
+                "sum_sites=True, or vigrad.Score() / vigrad.MVD() for these sites."
+            )
+        return {n: -jnp.mean(v) for n, v in particles.site_log_w.items()}

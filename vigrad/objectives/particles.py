@@ -52,6 +52,8 @@ class ParticleDraw(NamedTuple):
             branch axis (see :mod:`vigrad.estimators.mvd`).
         mutable: the values of the guide's and model's ``numpyro.mutable`` sites after the
             particle (e.g. batch-norm statistics of neural networks in them).
+        site_log_w: site name -> its share of the log weight, ``log p`` minus ``log q`` of the
+            site (the terms of a site that the model or the guide lacks count as 0).
     """
 
     log_p: jax.Array
@@ -66,6 +68,7 @@ class ParticleDraw(NamedTuple):
     mvd_cost_p: dict[str, jax.Array] = {}
     mvd_cost_q: dict[str, jax.Array] = {}
     mutable: dict[str, Any] = {}
+    site_log_w: dict[str, jax.Array] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -393,6 +396,10 @@ def trace_particle(
         mvd_cost_p,
         mvd_cost_q,
         mutable,
+        {
+            n: jnp.sum(log_p_sites.get(n, 0.0)) - jnp.sum(log_q_sites.get(n, 0.0))
+            for n in {**log_p_sites, **log_q_sites}
+        },
     )
     return draw, sites
 
