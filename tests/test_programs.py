@@ -330,3 +330,30 @@ def test_per_site_losses_sum_to_the_loss_and_match_numpyro():
     per_site = vigrad.ELBO(3, sum_sites=False).loss(key, CONT, cont_model, cont_guide, X)
     total = vigrad.ELBO(3).loss(key, CONT, cont_model, cont_guide, X)
     assert jnp.allclose(sum(per_site.values()), total)
+
+
+# Analytic KL terms (NumPyro's TraceMeanField_ELBO) where the KL is known.
+
+
+def test_analytic_kl_unbiased_and_refused_where_biased():
+    exact = jax.grad(exact_by_quadrature(jnp.mean))(CONT)
+    objective = vigrad.ELBO(2, analytic_kl=True)
+    assert z_against(objective, cont_model, cont_guide, CONT, exact, X) < THRESHOLD
+
+    @vigrad.program
+    def iwelbo_with_kl(p):
+        return vigrad.log_mean_exp(p.particles(2, analytic_kl=True).log_w)
+
+    with pytest.raises(vigrad.EstimatorError, match="Analytic KL.*biased in iwelbo_with_kl"):
+        iwelbo_with_kl.loss(jax.random.key(0), CONT, cont_model, cont_guide, X)
+
+    def model():
+        b = numpyro.sample("b", dist.Normal(0.0, 1.0))
+        numpyro.sample("a", dist.Normal(b, 1.0))
+
+    def guide_a_first():
+        numpyro.sample("a", dist.Normal(numpyro.param("m", 0.0), 1.0))
+        numpyro.sample("b", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(vigrad.EstimatorError, match="'a'.*depends on \\['b'\\].*after"):
+        objective.loss(jax.random.key(0), {"m": 0.0}, model, guide_a_first)

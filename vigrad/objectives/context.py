@@ -81,6 +81,7 @@ class _Block:
     output: Any = None
     values_used: bool = False
     sites: ParticleSites | None = None
+    kl: bool = False
 
 
 class Particles:
@@ -163,6 +164,7 @@ class Records:
     probe_shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     blocks: dict[str, _Block] = dataclasses.field(default_factory=dict)
     enumerated: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    analytic_kl: set[str] = dataclasses.field(default_factory=set)
     estimators: dict[str, Estimator] = dataclasses.field(default_factory=dict)
 
     def merge(self, sub: Records, block_id: str, num: int, arrays: dict, top_level: bool) -> None:
@@ -259,7 +261,12 @@ class ProgramContext:
     # --- particle blocks ---------------------------------------------------------------------
 
     def particles(
-        self, num: int, body: Callable[[ProgramContext], Any] | None = None, *, fixed: bool = False
+        self,
+        num: int,
+        body: Callable[[ProgramContext], Any] | None = None,
+        *,
+        fixed: bool = False,
+        analytic_kl: bool = False,
     ) -> Any:
         """``num`` independent particles.
 
@@ -276,12 +283,23 @@ class ProgramContext:
         top_level = not self._path
         if top_level and self._run.overrides and block_id in self._run.overrides:
             return self._run.overrides[block_id]
-        if fixed and body is not None:
-            raise ValueError("fixed=True applies to guide particles, p.particles(K, fixed=True)")
+        if (fixed or analytic_kl) and body is not None:
+            raise ValueError(
+                "fixed=True and analytic_kl=True apply to guide particles, p.particles(K, ...)"
+            )
         keys = jax.random.split(key, num)
-        run_body = body if body is not None else (lambda sub: sub._standard(fixed))
+        run_body = body if body is not None else (lambda sub: sub._standard(fixed, analytic_kl))
         out, sub = self._vmap(block_id, keys, run_body, record_nodes=self._record_nodes)
-        block = _Block(block_id, num, body is None, fixed, keys, sites=sub._standard_sites)
+        block = _Block(
+            block_id, num, body is None, fixed, keys, sites=sub._standard_sites, kl=analytic_kl
+        )
+        if analytic_kl:
+            if not top_level:
+                raise EstimatorError(
+                    "p.particles(K, analytic_kl=True) is valid only at the top level of an "
+                    "objective linear in its log weights (the ELBO)."
+                )
+            self._records.analytic_kl.add(block_id)
         if body is None:
             out = Particles(out, sub._standard_sites, block)
             block.output = stop(out._draw)
@@ -309,7 +327,11 @@ class ProgramContext:
         run = dataclasses.replace(self._run, params=params)
         block_id, _ = self._next("rescore")
         draw, sub = self._vmap(
-            block_id, block.keys, lambda s: s._standard(block.fixed), record_nodes=False, run=run
+            block_id,
+            block.keys,
+            lambda s: s._standard(block.fixed, block.kl),
+            record_nodes=False,
+            run=run,
         )
         rescored = Particles(draw, sub._standard_sites, None)
         replace = getattr(particles, "_replace_like_override", None)
@@ -348,7 +370,7 @@ class ProgramContext:
         self._records.merge(sub._records, block_id, num, arrays, top_level=not self._path)
         return out, sub
 
-    def _standard(self, fixed: bool) -> ParticleDraw:
+    def _standard(self, fixed: bool, analytic_kl: bool = False) -> ParticleDraw:
         """The body of a guide particle block: one particle, its sites recorded."""
         run = self._run
         _, key = self._next("draw")
@@ -361,6 +383,7 @@ class ProgramContext:
             run.args,
             run.kwargs,
             assignment,
+            analytic_kl,
         )
         self._standard_sites = sites
         records = self._records

@@ -114,7 +114,7 @@ class HVI(ELBO):
 
     def program(self, p: ProgramContext):
         _require_hierarchical(p.model, "HVI")
-        particles = p.particles(self.num_particles)
+        particles = p.particles(self.num_particles, analytic_kl=self.analytic_kl)
         for name in set(particles.sites.guide_latents) - set(particles.sites.model_latents):
             _unpaired_auxiliary(name)
         return jnp.mean(particles.log_w)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro.distributions import Delta
+from numpyro.distributions.kl import kl_divergence
 from numpyro.handlers import replay, seed, substitute, trace
 from numpyro.infer.elbo import MultiFrameTensor
 from numpyro.ops.provenance import eval_provenance
@@ -144,6 +145,46 @@ class _SampleWithEstimators(Messenger):
         msg["value"] = value
         weights[msg["name"]] = jnp.where(real, jnp.exp(log_prob(fn, value)), 0.0)
         msg["infer"] = {**(msg["infer"] or {}), "vigrad_estimator": estimator}
+
+
+def _analytic_kl(model_tr: dict, guide_tr: dict, sampler: _SampleWithEstimators) -> dict:
+    """Site -> ``KL(q || p)`` (scaled, summed) for sampled latent sites where it is known."""
+    out = {}
+    for name, model_site in model_tr.items():
+        if model_site["type"] != "sample" or model_site["is_observed"] or name not in guide_tr:
+            continue
+        if name in sampler.enumerated or name in sampler.measure_valued:
+            continue
+        guide_site = guide_tr[name]
+        try:
+            kl = kl_divergence(guide_site["fn"], model_site["fn"])
+        except NotImplementedError:
+            continue
+        out[name] = jnp.sum(_scaled(guide_site, kl))
+    return out
+
+
+def _check_prior_order(model, args, kwargs, params, guide_tr: dict, kl_sites: dict) -> None:
+    """``E_q[log p(z | pa) - log q(z | .)] = -KL`` only if the prior's parents ``pa`` are drawn
+    before ``z`` in the guide (NumPyro's mean-field requirement): check it by provenance."""
+    order = [n for n, s in guide_tr.items() if s["type"] == "sample" and not s["is_observed"]]
+    latents = {n: guide_tr[n]["value"] for n in order}
+
+    def priors(**values):
+        m = substitute(seed(substitute(model, data=params), 0), data=values)
+        tr = trace(m).get_trace(*args, **kwargs)
+        return {n: jax.tree.leaves(tr[n]["fn"]) for n in kl_sites}
+
+    for name, leaves in eval_provenance(priors, **latents).items():
+        parents = frozenset().union(*leaves) if leaves else frozenset()
+        later = sorted(parents & set(order[order.index(name) + 1 :]))
+        if later:
+            raise EstimatorError(
+                f"Analytic KL for site '{name}': its prior depends on {later}, which the guide "
+                f"draws after '{name}', so the KL between the conditionals is not the expected "
+                f"log ratio. Draw {later} before '{name}' in the guide, or use "
+                "analytic_kl=False."
+            )
 
 
 def _mutable_values(tr: dict) -> dict[str, Any]:
@@ -288,6 +329,7 @@ def trace_particle(
     assignment: Assignment,
     branch: jax.Array | None = None,
     mvd: tuple[str, jax.Array] | None = None,
+    analytic_kl: bool = False,
 ) -> tuple[ParticleDraw, ParticleSites]:
     """One particle (no particle axis) and the static facts read while tracing it.
 
@@ -295,7 +337,9 @@ def trace_particle(
     of every enumerated site (see :mod:`vigrad.estimators.enum`); ``mvd = (site, branch)`` sets
     that measure-valued site to a support value (otherwise it is sampled; see
     :mod:`vigrad.estimators.mvd`). The guide's observed sites and
-    factors belong to ``log q``, as in NumPyro's ELBOs.
+    factors belong to ``log q``, as in NumPyro's ELBOs. With ``analytic_kl``, a latent site whose
+    guide and prior distributions have a closed-form KL divergence contributes ``-KL(q || p)``
+    instead of ``log p(z) - log q(z)`` at its draw (as NumPyro's ``TraceMeanField_ELBO``).
     """
     key_guide, key_model = rng_key
     sampler = _SampleWithEstimators(
@@ -330,6 +374,12 @@ def trace_particle(
             lq = _estimator_log_q(n, est, s["fn"], s["value"])
         log_q_sites[n] = _scaled(s, lq)
 
+    kl_sites = _analytic_kl(model_tr, guide_tr, sampler) if analytic_kl else {}
+    if kl_sites:
+        _check_prior_order(model, args, kwargs, params, guide_tr, kl_sites)
+    for n, kl in kl_sites.items():
+        log_p_sites[n], log_q_sites[n] = -kl, jnp.zeros(())
+
     score_sites = tuple(n for n, est in chosen.items() if est.is_score)
     enum_sites = tuple(sampler.enumerated)
     mvd_sites = tuple(sampler.measure_valued)
@@ -337,6 +387,9 @@ def trace_particle(
     if score_sites or enum_sites or mvd_sites:
         latents = {n: guide_tr[n]["value"] for n in score_sites + enum_sites + mvd_sites}
         model_deps, guide_deps = _downstream(model, guide, args, kwargs, params, latents)
+        # A KL term depends on the site's parents, not on the site's draw.
+        for n in kl_sites:
+            model_deps[n] = (model_deps[n] | guide_deps[n]) - {n}
         terms = [(model_tr[m], lp, model_deps[m], True) for m, lp in log_p_sites.items()]
         terms += [(guide_tr[g], lq, guide_deps[g], False) for g, lq in log_q_sites.items()]
         # Each term summed over its non-plate dimensions first: only plate dimensions index
@@ -458,6 +511,7 @@ def standard_particle(
     args: tuple,
     kwargs: dict,
     assignment: Assignment,
+    analytic_kl: bool = False,
 ) -> tuple[ParticleDraw, ParticleSites]:
     """One particle of ``guide`` scored under ``model``, its enumerated sites summed out.
 
@@ -467,7 +521,7 @@ def standard_particle(
     for objectives linear in the log weight, which the program transformation checks.
     """
     trace_one = lambda branch=None, mvd=None: trace_particle(
-        rng_key, params, model, guide, args, kwargs, assignment, branch, mvd
+        rng_key, params, model, guide, args, kwargs, assignment, branch, mvd, analytic_kl
     )
     draw, sites = trace_one()
     if sites.enumerated:

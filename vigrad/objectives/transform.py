@@ -156,6 +156,7 @@ def transform(
         if b.standard
         and (
             b.id in records.enumerated
+            or b.id in records.analytic_kl
             or any(n.block == b.id and n.rao_blackwellised for n in nodes.values())
         )
     }
@@ -183,6 +184,13 @@ def transform(
                 "the site's downstream cost, which is its learning signal only where the "
                 "objective is linear in the particles' log weights (the ELBO) and the site is "
                 "drawn in a top-level p.particles(K) block. Use vigrad.Score() for it."
+            )
+    for bid in records.analytic_kl:
+        if checked and not affine.get(bid, False):
+            raise EstimatorError(
+                f"Analytic KL terms are biased in {name}: they replace each particle's log ratio "
+                "by its expectation, which estimates only objectives linear in the particles' "
+                "log weights (the ELBO). Use analytic_kl=False."
             )
     for bid, sites in records.enumerated.items():
         if checked and not affine.get(bid, False):
