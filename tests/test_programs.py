@@ -357,3 +357,14 @@ def test_analytic_kl_unbiased_and_refused_where_biased():
 
     with pytest.raises(vigrad.EstimatorError, match="'a'.*depends on \\['b'\\].*after"):
         objective.loss(jax.random.key(0), {"m": 0.0}, model, guide_a_first)
+
+
+def test_primitives_inside_control_flow_are_a_clear_error():
+    @vigrad.program
+    def draws_in_a_branch(p):
+        c = p.sample(choice).values["c"]
+        return jax.lax.cond(c > 0, lambda: p.particles(2).log_w.mean(), lambda: 0.0)
+
+    # Score-function sites drawn in the branch would need their terms outside it.
+    with pytest.raises(vigrad.EstimatorError, match="inside JAX control flow.*Draw first"):
+        draws_in_a_branch.loss(jax.random.key(0), {**DISC, "a": 0.0}, disc_model, disc_guide, Y)

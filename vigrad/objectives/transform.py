@@ -131,6 +131,25 @@ def transform(
     ``checked=False`` runs biased combinations instead of refusing them: only to show, as a
     negative control, that a statistical test detects their bias.
     """
+    try:
+        return _transform(program, name, run, rng_key, leave_one_out, checked)
+    except jax.errors.UnexpectedTracerError as err:
+        raise EstimatorError(
+            f"{name}: a primitive (p.particles, p.sample, p.score) was called inside JAX control "
+            "flow (jax.lax.cond, switch, scan, while_loop or a jax.vmap of your own), whose "
+            "values cannot leave it. Draw first, then branch on the values with jax.lax.cond; "
+            "for repeated draws use p.particles(K, body)."
+        ) from err
+
+
+def _transform(
+    program: Program,
+    name: str,
+    run: _Run,
+    rng_key: jax.Array,
+    leave_one_out: bool,
+    checked: bool,
+) -> Evaluation:
     estimate, records = _run(program, run, rng_key)
     nodes = records.nodes
     if estimate.surrogate is not None and nodes:
