@@ -357,27 +357,42 @@ def cmd_sample(args: argparse.Namespace) -> int:
         "sghmc": sgmcmc.SGHMC,
         "sgldcv": sgmcmc.SGLDCV,
     }
-    step_size = args.step_size or zm.sgmcmc_step_size or 1e-4
-    kernel = kernels[args.kernel](step_size=step_size)
+    kernel = kernels[args.kernel](step_size=args.step_size or 1e-4)
+    select_key, sample_key = jax.random.split(jax.random.key(args.seed))
+    if args.step_size is None:
+        t0 = time.perf_counter()
+        selection = sgmcmc.select_step_size(
+            zm.model,
+            kernel,
+            args.batch_size,
+            select_key,
+            data_plate=zm.data_plate,
+            **data,
+        )
+        kernel = selection.kernel
+        print(f"{selection.message}; {time.perf_counter() - t0:.1f} s")
     print(
-        f"vigrad sample {zm.name}: {type(kernel).__name__}(step_size={step_size:g}), "
+        f"vigrad sample {zm.name}: {type(kernel).__name__}(step_size={kernel.step_size:g}), "
         f"{args.chains} chains x {args.samples} steps after {args.warmup} warm-up, "
         f"batch {args.batch_size}, thinning {args.thinning}"
     )
     t0 = time.perf_counter()
-    result = sgmcmc.sample(
-        zm.model,
-        kernel,
-        args.samples,
-        args.batch_size,
-        args.chains,
-        jax.random.key(args.seed),
-        num_warmup=args.warmup,
-        thinning=args.thinning,
-        progress_bar=not args.no_progress,
-        data_plate=zm.data_plate,
-        **data,
-    )
+    with warnings.catch_warnings():
+        # The convergence check is printed below, with the summary.
+        warnings.simplefilter("ignore", sgmcmc.ConvergenceWarning)
+        result = sgmcmc.sample(
+            zm.model,
+            kernel,
+            args.samples,
+            args.batch_size,
+            args.chains,
+            sample_key,
+            num_warmup=args.warmup,
+            thinning=args.thinning,
+            progress_bar=not args.no_progress,
+            data_plate=zm.data_plate,
+            **data,
+        )
     seconds = time.perf_counter() - t0
     print(f"sampled in {seconds:.1f} s (compile included)")
     idata = result.to_inference_data()
@@ -389,6 +404,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     print()
     print(f"Posterior summary ({args.chains} chains; ESS and R-hat across chains):")
     _print_summary(summary, posterior)
+    print()
+    verdict = "" if result.convergence.ok else "WARNING: "
+    print(f"Convergence (every element of every site): {verdict}{result.convergence.message}")
     if zm.reference:
         print("\n".join(_reference_table(zm.reference, posterior)))
     out = Path(args.out)
@@ -467,7 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--step-size",
         type=float,
         default=None,
-        help="epsilon in theta += eps/2 grad + N(0, eps) (default: the model's, else 1e-4)",
+        help="epsilon in theta += eps/2 grad + N(0, eps) (default: chosen by a pilot run, "
+        "the smallest kernel Stein discrepancy over 1e-8..1)",
     )
     smp.add_argument("--samples", type=int, default=5000, help="steps per chain after warm-up")
     smp.add_argument("--warmup", type=int, default=1000)

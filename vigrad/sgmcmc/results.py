@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from vigrad.errors import VigradError
+from vigrad.sgmcmc.convergence import Convergence
 
 
 class DivergentChainError(VigradError, FloatingPointError):
@@ -23,6 +24,9 @@ class SGMCMCResult(NamedTuple):
         num_warmup: steps discarded before the first kept draw.
         num_steps: steps taken in all (warm-up included).
         thinning: steps between kept draws.
+        convergence: split R-hat and bulk/tail ESS of every scalar against ArviZ's thresholds;
+            ``convergence.ok`` is False and ``convergence.message`` says why and what to change
+            when the draws should not be used (see :func:`vigrad.sgmcmc.check_convergence`).
     """
 
     samples: dict[str, np.ndarray]
@@ -31,6 +35,7 @@ class SGMCMCResult(NamedTuple):
     num_warmup: int
     num_steps: int
     thinning: int
+    convergence: Convergence | None = None
 
     def to_inference_data(self):
         """The draws as :class:`arviz.InferenceData` (``posterior`` group: chain, draw, ...)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from vigrad.infer.checkpoint import resume_checkpoint, save_checkpoint
 from vigrad.infer.describe import array_summary, describe
 from vigrad.infer.progress import ChunkProgress
 from vigrad.infer.static import join_static, split_static
+from vigrad.sgmcmc.convergence import ConvergenceWarning, check_convergence
 from vigrad.sgmcmc.kernels import Kernel
 from vigrad.sgmcmc.minibatch import Target
 from vigrad.sgmcmc.results import DivergentChainError, SGMCMCResult
@@ -178,6 +180,7 @@ def sample(
     data_plate: str | None = None,
     chunk_size: int | None = None,
     devices: int | Sequence[jax.Device] | None = None,
+    check: bool = True,
     **kwargs: Any,
 ) -> SGMCMCResult:
     """Run ``num_chains`` stochastic-gradient MCMC chains on a NumPyro model.
@@ -215,9 +218,12 @@ def sample(
         chunk_size: steps per compiled chunk (default: a twentieth of the run).
         devices: an int or a list of devices to split the chains over (``jax.sharding``);
             ``num_chains`` must be a multiple of their number.
+        check: check convergence (split R-hat, bulk and tail ESS against ArviZ's thresholds) and
+            warn with :class:`ConvergenceWarning` when the draws fail it.
 
     Returns:
-        :class:`SGMCMCResult` with ``samples[name]`` of shape ``(num_chains, num_draws, ...)``.
+        :class:`SGMCMCResult` with ``samples[name]`` of shape ``(num_chains, num_draws, ...)`` and
+        ``convergence`` (``None`` with ``check=False``).
 
     Raises:
         DataError: no data plate, data not indexed by the plate, or a batch larger than the data.
@@ -346,6 +352,11 @@ def sample(
                     history=_concat(draws),
                 )
     samples = _concat(draws)
+    convergence = None
+    if check:
+        convergence = check_convergence(samples, fix=_fix(kernel, num_chains, num_samples))
+        if not convergence.ok:
+            warnings.warn(convergence.message, ConvergenceWarning, stacklevel=2)
     return SGMCMCResult(
         samples=samples,
         state=carry,
@@ -353,7 +364,21 @@ def sample(
         num_warmup=num_warmup,
         num_steps=total,
         thinning=thinning,
+        convergence=convergence,
     )
+
+
+def _fix(kernel: Kernel, num_chains: int, num_samples: int) -> str:
+    """The advice printed with a failed convergence check: the knobs of this run."""
+    step = "" if callable(kernel.step_size) else f" (now {kernel.step_size:g})"
+    advice = (
+        f"choose the step size{step} with vigrad.sgmcmc.select_step_size (the largest step whose "
+        f"draws stay accurate mixes fastest), then run longer (num_samples={num_samples} now; ESS "
+        "grows about linearly with it) and keep a longer warm-up if R-hat is large"
+    )
+    if num_chains < 2:
+        advice += "; run at least 2 chains (4 is usual) so R-hat can be checked"
+    return advice
 
 
 def _run_info(
