@@ -44,7 +44,7 @@ def test_fit_eight_schools_writes_results(tmp_path, capsys):
     import arviz as az
 
     idata = az.from_netcdf(str(out / "inference_data.nc"))
-    assert idata.posterior["tau"].shape == (1, 300)
+    assert idata.posterior["tau"].shape == (4, 75)
     assert float(idata.posterior["tau"].min()) > 0.0
 
 

@@ -75,7 +75,7 @@ def test_check_convergence_with_one_chain_says_rhat_was_not_checked():
 
 def test_sample_warns_and_records_when_not_converged():
     model, data = MODELS["gaussian_mean"]
-    with pytest.warns(sg.ConvergenceWarning, match="NOT CONVERGED.*select_step_size"):
+    with pytest.warns(sg.ConvergenceWarning, match="NOT CONVERGED.*run longer: about num_samples="):
         result = sg.sample(
             model, sg.SGLD(1e-7), 200, 20, 4, jax.random.PRNGKey(0), progress_bar=False, **data()
         )

@@ -231,7 +231,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
             num_samples=args.draws,
             rng_key=draw_key,
         )
-    posterior = {k: np.asarray(v)[0] for k, v in idata.posterior.data_vars.items()}  # one chain
+    # The independent guide draws, pooled over their pseudo-chains.
+    posterior = {
+        k: np.asarray(v).reshape(-1, *np.asarray(v).shape[2:])
+        for k, v in idata.posterior.data_vars.items()
+    }
     summary = az.summary(idata, var_names=list(posterior), kind="stats", hdi_prob=0.94)
     khat = float(idata.posterior.attrs["psis_khat"])
     site_khat = {

@@ -354,8 +354,10 @@ def sample(
     samples = _concat(draws)
     convergence = None
     if check:
-        convergence = check_convergence(samples, fix=_fix(kernel, num_chains, num_samples))
+        convergence = check_convergence(samples)
         if not convergence.ok:
+            fix = _fix(kernel, num_chains, num_samples, convergence)
+            convergence = check_convergence(samples, fix=fix)
             warnings.warn(convergence.message, ConvergenceWarning, stacklevel=2)
     return SGMCMCResult(
         samples=samples,
@@ -365,16 +367,26 @@ def sample(
         num_steps=total,
         thinning=thinning,
         convergence=convergence,
+        kernel=kernel,
+        model=model,
+        args=args,
+        kwargs=kwargs,
+        data_plate=target.plate,
+        num_data=target.num_data,
     )
 
 
-def _fix(kernel: Kernel, num_chains: int, num_samples: int) -> str:
-    """The advice printed with a failed convergence check: the knobs of this run."""
+def _fix(kernel: Kernel, num_chains: int, num_samples: int, convergence) -> str:
+    """The advice printed with a failed convergence check: the knobs of this run and, as ESS
+    grows about linearly with the number of steps, how many steps would reach the ESS needed."""
+    ess = min(convergence.min_ess_bulk, convergence.min_ess_tail)
+    needed = math.ceil(num_samples * convergence.ess_required / max(ess, 1.0) / 1000) * 1000
     step = "" if callable(kernel.step_size) else f" (now {kernel.step_size:g})"
     advice = (
-        f"choose the step size{step} with vigrad.sgmcmc.select_step_size (the largest step whose "
-        f"draws stay accurate mixes fastest), then run longer (num_samples={num_samples} now; ESS "
-        "grows about linearly with it) and keep a longer warm-up if R-hat is large"
+        f"run longer: about num_samples={needed} (now {num_samples}) for the ESS needed, with a "
+        f"warm-up long enough for R-hat; if the step size{step} was not chosen by "
+        "vigrad.sgmcmc.select_step_size, choose it with that first (the largest step whose draws "
+        "stay accurate mixes fastest)"
     )
     if num_chains < 2:
         advice += "; run at least 2 chains (4 is usual) so R-hat can be checked"
