@@ -178,7 +178,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     import optax
 
     import vigrad
-    from vigrad.diagnostics import khat_message, to_inference_data
+    from vigrad.diagnostics import to_inference_data
     from vigrad.zoo import load_model
 
     zm = load_model(args.model)
@@ -230,6 +230,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             kwargs=data,
             num_samples=args.draws,
             rng_key=draw_key,
+            objective=objective,
         )
     # The independent guide draws, pooled over their pseudo-chains.
     posterior = {
@@ -247,7 +248,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     print(f"Posterior summary ({args.draws} guide draws):")
     _print_summary(summary, posterior)
     print()
-    print(f"PSIS k-hat of the guide as an importance proposal: {khat:.2f} ({khat_message(khat)})")
+    reading = idata.posterior.attrs["psis_khat_message"]
+    print(f"PSIS k-hat of the guide as an importance proposal: {khat:.2f} ({reading})")
     if site_khat:
         print("  per site: " + ", ".join(f"{k} {v:.2f}" for k, v in site_khat.items()))
     if zm.reference:

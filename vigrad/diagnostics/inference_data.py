@@ -29,10 +29,19 @@ from typing import Any
 
 import jax
 import numpy as np
+from numpyro.infer.autoguide import AutoLaplaceApproximation
 
 from vigrad.diagnostics.dims import plate_dims
+from vigrad.diagnostics.gradients import ensure_prototype
+from vigrad.diagnostics.guides import is_point_mass, laplace_guide, unwrap
 from vigrad.diagnostics.log_likelihood import pointwise_log_likelihood
-from vigrad.diagnostics.psis import draw_with_weights, khat_message, psis_khat, site_khats
+from vigrad.diagnostics.psis import (
+    POINT_MASS_MESSAGE,
+    draw_with_weights,
+    khat_message,
+    psis_khat,
+    site_khats,
+)
 from vigrad.infer.fit import FitResult
 
 
@@ -49,6 +58,7 @@ def to_inference_data(
     log_likelihood: bool = True,
     dims: dict[str, list[str]] | None = None,
     coords: dict[str, Any] | None = None,
+    objective: Any = None,
 ) -> Any:
     """Convert a vigrad result to :class:`arviz.InferenceData`.
 
@@ -64,6 +74,7 @@ def to_inference_data(
             ``num_samples``).
         log_likelihood: compute the ``log_likelihood`` group (one model evaluation per draw).
         dims, coords: as for ``arviz.from_dict``; they override the names taken from the plates.
+        objective: the objective the fit used; the k-hat advice is then for it and the guide.
 
     Returns:
         An ``arviz.InferenceData`` with the groups described in :mod:`vigrad.diagnostics.inference_data`.
@@ -98,17 +109,29 @@ def to_inference_data(
             f"use num_samples={num_chains * max(1, num_samples // num_chains)}"
         )
     kwargs = dict(kwargs or {})
+    params = dict(obj.params)
+    ensure_prototype(guide, args, kwargs)
+    point_mass = is_point_mass(guide, params, args, kwargs)
+    draw_guide = guide
+    if isinstance(unwrap(guide), AutoLaplaceApproximation):
+        # Trained as a point mass, but its posterior is the Gaussian at the mode.
+        ensure_prototype(unwrap(guide), args, kwargs)
+        draw_guide, params = laplace_guide(unwrap(guide), params)
     draws = draw_with_weights(
-        model, guide, obj.params, *args, num_samples=num_samples, rng_key=rng_key, **kwargs
+        model, draw_guide, params, *args, num_samples=num_samples, rng_key=rng_key, **kwargs
     )
-    khat = psis_khat(draws.log_weights)
-    per_site = site_khats(draws)
+    if point_mass:
+        khat, per_site, message = np.nan, {}, POINT_MASS_MESSAGE
+    else:
+        khat, per_site = psis_khat(draws.log_weights), site_khats(draws)
+        message = khat_message(khat, guide, objective)
 
     attrs: dict[str, Any] = {
         "inference_library": "vigrad",
         "inference": "variational",
         "psis_khat": float(khat),
-        "psis_khat_message": khat_message(khat),
+        "psis_khat_message": message,
+        "guide": type(unwrap(guide)).__name__,
         "num_steps": int(obj.num_steps),
     }
     for name, k in per_site.items():
