@@ -81,3 +81,32 @@ def test_khat_advice_depends_on_guide_and_objective(guide, objective, wanted, un
         text = khat_message(k, guide, objective)
         assert all(w in text for w in wanted), text
         assert not any(u in text for u in unwanted), text
+
+
+def normal_guide(x):
+    loc = numpyro.param("loc", 0.0)
+    scale = numpyro.param("scale", 1.0, constraint=dist.constraints.positive)
+    numpyro.sample("z", dist.Normal(loc, scale))
+
+
+def test_psis_summary_corrects_a_misplaced_guide():
+    from vigrad.diagnostics import psis_summary
+
+    # A guide 0.4 sd off and 10% too narrow; k-hat stays below 0.7, so reweighting applies.
+    params = {"loc": jnp.asarray(POST_MEAN + 0.4 * POST_SD), "scale": jnp.asarray(0.9 * POST_SD)}
+    result = vigrad.FitResult(params, {}, np.zeros(3), None, None, 3)
+    idata = vigrad.to_inference_data(
+        result, model=model, guide=normal_guide, args=(X,), num_samples=4000
+    )
+    table = psis_summary(idata)
+    assert table.attrs["khat"] < 0.7
+    row = table.loc["z"]
+    assert abs(row["psis_mean"] - POST_MEAN) < 0.5 * abs(row["mean"] - POST_MEAN)
+    assert abs(row["psis_sd"] / POST_SD - 1) < 0.5 * abs(row["sd"] / POST_SD - 1)
+
+
+def test_psis_summary_is_withheld_for_a_point_mass():
+    from vigrad.diagnostics import psis_summary
+
+    table = psis_summary(fit_idata(AutoDelta(model)))
+    assert np.isnan(table["psis_mean"]).all() and np.isfinite(table["mean"]).all()

@@ -178,7 +178,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     import optax
 
     import vigrad
-    from vigrad.diagnostics import to_inference_data
+    from vigrad.diagnostics import psis_summary, to_inference_data
     from vigrad.zoo import load_model
 
     zm = load_model(args.model)
@@ -252,12 +252,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
     print(f"PSIS k-hat of the guide as an importance proposal: {khat:.2f} ({reading})")
     if site_khat:
         print("  per site: " + ", ".join(f"{k} {v:.2f}" for k, v in site_khat.items()))
+    corrected = psis_summary(idata)
+    if np.isfinite(corrected["psis_mean"]).all():
+        print("\nPSIS-corrected means and sds (importance-reweighted guide draws), beside the raw:")
+        _print_summary(corrected.round(3), posterior)
     if zm.reference:
         print("\n".join(_reference_table(zm.reference, posterior)))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary.to_csv(out / "summary.csv")
+    corrected.to_csv(out / "psis_summary.csv")
     idata.to_netcdf(str(out / "inference_data.nc"))
     np.save(out / "losses.npy", losses)
     record = {
@@ -277,7 +282,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if not args.no_plots:
         _plots(out, losses, posterior, zm.reference)
     print(
-        f"\nwrote {out}/: summary.csv, inference_data.nc, losses.npy, result.json"
+        f"\nwrote {out}/: summary.csv, psis_summary.csv, inference_data.nc, losses.npy, result.json"
         + ("" if args.no_plots else ", loss.png, posterior.png")
     )
     return 0

@@ -23,11 +23,14 @@ def imq_ksd(x: jax.Array, score: jax.Array, c: float = 1.0, beta: float = -0.5) 
     """The IMQ kernel Stein discrepancy (V-statistic, square root taken) of draws ``x`` ``[m, d]``
     with scores ``score`` ``[m, d]``; ``inf`` if any draw or score is not finite."""
     d = x.shape[-1]
-    r = x[:, None, :] - x[None, :, :]
-    r2 = jnp.sum(r * r, -1)
+    # Pairwise terms from inner products: no [m, m, d] array, so memory is O(m² + m d).
+    gram = x @ x.T
+    sq = jnp.diag(gram)
+    r2 = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * gram, 0.0)
     u = c * c + r2
     s_dot = score @ score.T
-    s_r = jnp.einsum("id,ijd->ij", score, r)  # s(x_i)·(x_i − x_j)
+    s_x = score @ x.T  # s(x_i)·x_j
+    s_r = jnp.diag(s_x)[:, None] - s_x  # s(x_i)·(x_i − x_j)
     cross = 2.0 * beta * u ** (beta - 1.0) * (-s_r.T - s_r)  # (s(y) − s(x))·r with r = x_i − x_j
     trace = -2.0 * beta * d * u ** (beta - 1.0) - 4.0 * beta * (beta - 1.0) * r2 * u ** (beta - 2.0)
     k0 = s_dot * u**beta + cross + trace
