@@ -23,7 +23,7 @@ from vigrad.infer.checkpoint import resume_checkpoint, save_checkpoint
 from vigrad.infer.describe import array_summary, describe
 from vigrad.infer.progress import ChunkProgress
 from vigrad.infer.static import join_static, split_static
-from vigrad.sgmcmc.convergence import ConvergenceWarning, check_convergence
+from vigrad.sgmcmc.convergence import RHAT_MAX, ConvergenceWarning, check_convergence
 from vigrad.sgmcmc.kernels import Kernel
 from vigrad.sgmcmc.minibatch import Target
 from vigrad.sgmcmc.results import DivergentChainError, SGMCMCResult
@@ -381,10 +381,12 @@ def _fix(kernel: Kernel, num_chains: int, num_samples: int, convergence) -> str:
     grows about linearly with the number of steps, how many steps would reach the ESS needed."""
     ess = min(convergence.min_ess_bulk, convergence.min_ess_tail)
     needed = math.ceil(num_samples * convergence.ess_required / max(ess, 1.0) / 1000) * 1000
+    # Chains that disagree have not forgotten their starts: at least double the run.
+    needed = max(needed, 2 * num_samples) if convergence.max_rhat > RHAT_MAX else needed
     step = "" if callable(kernel.step_size) else f" (now {kernel.step_size:g})"
     advice = (
-        f"run longer: about num_samples={needed} (now {num_samples}) for the ESS needed, with a "
-        f"warm-up long enough for R-hat; if the step size{step} was not chosen by "
+        f"run longer: about num_samples={needed} (now {num_samples}), with a longer warm-up if "
+        f"R-hat is large; if the step size{step} was not chosen by "
         "vigrad.sgmcmc.select_step_size, choose it with that first (the largest step whose draws "
         "stay accurate mixes fastest)"
     )
