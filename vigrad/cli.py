@@ -140,35 +140,9 @@ def _plots(out: Path, losses, draws: dict, reference: dict | None) -> None:
     fig.savefig(out / "loss.png", dpi=120)
     plt.close(fig)
 
-    panels = []
-    for name, value in draws.items():
-        v = np.asarray(value).reshape(np.asarray(value).shape[0], -1)
-        for j in range(min(v.shape[1], 8)):
-            label = name if v.shape[1] == 1 else f"{name}[{j}]"
-            ref = None
-            if reference and name in reference["sites"]:
-                site = reference["sites"][name]
-                ref = (site["mean"][j], site["sd"][j])
-            panels.append((label, v[:, j], ref))
-    cols = 4
-    rows = max(1, -(-len(panels) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.2 * rows), squeeze=False)
-    for ax, (label, v, ref) in zip(axes.flat, panels, strict=False):
-        ax.hist(v, bins=40, density=True, alpha=0.7, label="guide")
-        if ref is not None:
-            grid = np.linspace(v.min(), v.max(), 200)
-            dens = np.exp(-0.5 * ((grid - ref[0]) / ref[1]) ** 2) / (ref[1] * np.sqrt(2 * np.pi))
-            ax.plot(grid, dens, "k--", lw=1, label="reference N(mean, sd)")
-        ax.set_title(label, fontsize=9)
-        ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.axis("off")
-    if any(ref is not None for *_, ref in panels):
-        axes.flat[0].legend(fontsize=6)
-    fig.suptitle("Posterior marginals")
-    fig.tight_layout()
-    fig.savefig(out / "posterior.png", dpi=120)
-    plt.close(fig)
+    from vigrad.diagnostics.posterior_plots import plot_posterior
+
+    plot_posterior(draws, out / "posterior.png", reference=reference, label="guide draws")
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -424,7 +398,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     summary.to_csv(out / "summary.csv")
     idata.to_netcdf(str(out / "inference_data.nc"))
-    print(f"\nwrote {out}/: summary.csv, inference_data.nc")
+    if not args.no_plots:
+        from vigrad.diagnostics.posterior_plots import plot_posterior, plot_trace
+
+        plot_trace(result.samples, out / "trace.png")
+        label = f"{type(kernel).__name__} draws"
+        plot_posterior(posterior, out / "posterior.png", reference=zm.reference, label=label)
+    print(
+        f"\nwrote {out}/: summary.csv, inference_data.nc"
+        + ("" if args.no_plots else ", trace.png, posterior.png")
+    )
     return 0
 
 
@@ -507,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--seed", type=int, default=0)
     smp.add_argument("--out", default=None, help="output folder (default results/MODEL)")
     smp.add_argument("--no-progress", action="store_true")
+    smp.add_argument("--no-plots", action="store_true")
     smp.set_defaults(run=cmd_sample)
 
     models = sub.add_parser("models", help="list the zoo models")

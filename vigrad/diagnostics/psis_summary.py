@@ -49,7 +49,7 @@ def psis_summary(idata: Any, var_names: list[str] | None = None) -> Any:
         x = np.asarray(idata.posterior[name].values, np.float64)
         flat = x.reshape(-1, *x.shape[2:]).reshape(log_w.shape[0], -1)
         for j, index in enumerate(np.ndindex(*x.shape[2:])):
-            label = name if not index else f"{name}[{','.join(map(str, index))}]"
+            label = name if not index else f"{name}[{', '.join(map(str, index))}]"
             v = flat[:, j]
             row = {"mean": v.mean(), "sd": v.std(ddof=1), "psis_mean": np.nan, "psis_sd": np.nan}
             if weights is not None:

@@ -72,7 +72,9 @@ def _per_scalar(samples: dict[str, np.ndarray], num_chains: int) -> dict[str, np
             else:
                 out["rhat"].append(np.full(int(varying.sum()), np.nan))
             indices = [i for i, v in zip(np.ndindex(*x.shape[2:]), varying, strict=True) if v]
-            out["label"] += [name if not i else f"{name}[{','.join(map(str, i))}]" for i in indices]
+            out["label"] += [
+                name if not i else f"{name}[{', '.join(map(str, i))}]" for i in indices
+            ]
     return {k: np.asarray(v) if k == "label" else np.concatenate(v) for k, v in out.items()}
 
 
