@@ -163,12 +163,12 @@ def test_inference_data_round_trip_to_netcdf(fitted, tmp_path):
     )
     assert set(idata.groups()) >= {"posterior", "sample_stats", "observed_data", "loss"}
     z = idata.posterior["z"].values
-    assert z.shape == (1, 300)
+    assert z.shape == (4, 75)  # independent draws as four pseudo-chains
     # The draws come from the fitted guide.
     loc, scale = float(fitted.params["loc"]), float(fitted.params["scale"])
     assert abs(z.mean() - loc) < 5 * scale / np.sqrt(300)
     attrs = idata.posterior.attrs
-    assert attrs["psis_khat"] == psis_khat(idata.sample_stats["log_weight"].values[0])
+    assert attrs["psis_khat"] == psis_khat(idata.sample_stats["log_weight"].values.reshape(-1))
     assert attrs["psis_khat_message"] == khat_message(attrs["psis_khat"])
     assert "psis_khat_site_z" in attrs and attrs["num_steps"] == 200
 
@@ -214,7 +214,10 @@ def test_inference_data_with_an_autoguide():
     idata = to_inference_data(result, model=hier_model, guide=guide, args=(y,), num_samples=200)
     # Model sites only: the guide's auxiliary _auto_latent is not a posterior variable.
     assert set(idata.posterior.data_vars) == {"mu", "theta", "total"}
-    assert idata.posterior["theta"].shape == (1, 200, 4)
+    assert idata.posterior["theta"].shape == (4, 50, 4)
+    # Named after the plate, as arviz.from_numpyro names it.
+    assert idata.posterior["theta"].dims == ("chain", "draw", "J")
+    assert idata.log_likelihood["y"].dims == ("chain", "draw", "J")
     np.testing.assert_allclose(
         idata.posterior["total"].values, idata.posterior["theta"].values.sum(-1), rtol=1e-12
     )

@@ -140,35 +140,9 @@ def _plots(out: Path, losses, draws: dict, reference: dict | None) -> None:
     fig.savefig(out / "loss.png", dpi=120)
     plt.close(fig)
 
-    panels = []
-    for name, value in draws.items():
-        v = np.asarray(value).reshape(np.asarray(value).shape[0], -1)
-        for j in range(min(v.shape[1], 8)):
-            label = name if v.shape[1] == 1 else f"{name}[{j}]"
-            ref = None
-            if reference and name in reference["sites"]:
-                site = reference["sites"][name]
-                ref = (site["mean"][j], site["sd"][j])
-            panels.append((label, v[:, j], ref))
-    cols = 4
-    rows = max(1, -(-len(panels) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.2 * rows), squeeze=False)
-    for ax, (label, v, ref) in zip(axes.flat, panels, strict=False):
-        ax.hist(v, bins=40, density=True, alpha=0.7, label="guide")
-        if ref is not None:
-            grid = np.linspace(v.min(), v.max(), 200)
-            dens = np.exp(-0.5 * ((grid - ref[0]) / ref[1]) ** 2) / (ref[1] * np.sqrt(2 * np.pi))
-            ax.plot(grid, dens, "k--", lw=1, label="reference N(mean, sd)")
-        ax.set_title(label, fontsize=9)
-        ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.axis("off")
-    if any(ref is not None for *_, ref in panels):
-        axes.flat[0].legend(fontsize=6)
-    fig.suptitle("Posterior marginals")
-    fig.tight_layout()
-    fig.savefig(out / "posterior.png", dpi=120)
-    plt.close(fig)
+    from vigrad.diagnostics.posterior_plots import plot_posterior
+
+    plot_posterior(draws, out / "posterior.png", reference=reference, label="guide draws")
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -178,7 +152,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     import optax
 
     import vigrad
-    from vigrad.diagnostics import khat_message, to_inference_data
+    from vigrad.diagnostics import psis_summary, to_inference_data
     from vigrad.zoo import load_model
 
     zm = load_model(args.model)
@@ -245,8 +219,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
             kwargs=data,
             num_samples=args.draws,
             rng_key=draw_key,
+            objective=objective,
         )
-    posterior = {k: np.asarray(v)[0] for k, v in idata.posterior.data_vars.items()}  # one chain
+    # The independent guide draws, pooled over their pseudo-chains.
+    posterior = {
+        k: np.asarray(v).reshape(-1, *np.asarray(v).shape[2:])
+        for k, v in idata.posterior.data_vars.items()
+    }
     summary = az.summary(idata, var_names=list(posterior), kind="stats", hdi_prob=0.94)
     khat = float(idata.posterior.attrs["psis_khat"])
     site_khat = {
@@ -258,15 +237,21 @@ def cmd_fit(args: argparse.Namespace) -> int:
     print(f"Posterior summary ({args.draws} guide draws):")
     _print_summary(summary, posterior)
     print()
-    print(f"PSIS k-hat of the guide as an importance proposal: {khat:.2f} ({khat_message(khat)})")
+    reading = idata.posterior.attrs["psis_khat_message"]
+    print(f"PSIS k-hat of the guide as an importance proposal: {khat:.2f} ({reading})")
     if site_khat:
         print("  per site: " + ", ".join(f"{k} {v:.2f}" for k, v in site_khat.items()))
+    corrected = psis_summary(idata)
+    if np.isfinite(corrected["psis_mean"]).all():
+        print("\nPSIS-corrected means and sds (importance-reweighted guide draws), beside the raw:")
+        _print_summary(corrected.round(3), posterior)
     if zm.reference:
         print("\n".join(_reference_table(zm.reference, posterior)))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary.to_csv(out / "summary.csv")
+    corrected.to_csv(out / "psis_summary.csv")
     idata.to_netcdf(str(out / "inference_data.nc"))
     np.save(out / "losses.npy", losses)
     record = {
@@ -286,7 +271,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if not args.no_plots:
         _plots(out, losses, posterior, zm.reference)
     print(
-        f"\nwrote {out}/: summary.csv, inference_data.nc, losses.npy, result.json"
+        f"\nwrote {out}/: summary.csv, psis_summary.csv, inference_data.nc, losses.npy, result.json"
         + ("" if args.no_plots else ", loss.png, posterior.png")
     )
     return 0
@@ -372,27 +357,42 @@ def cmd_sample(args: argparse.Namespace) -> int:
         "sghmc": sgmcmc.SGHMC,
         "sgldcv": sgmcmc.SGLDCV,
     }
-    step_size = args.step_size or zm.sgmcmc_step_size or 1e-4
-    kernel = kernels[args.kernel](step_size=step_size)
+    kernel = kernels[args.kernel](step_size=args.step_size or 1e-4)
+    select_key, sample_key = jax.random.split(jax.random.key(args.seed))
+    if args.step_size is None:
+        t0 = time.perf_counter()
+        selection = sgmcmc.select_step_size(
+            zm.model,
+            kernel,
+            args.batch_size,
+            select_key,
+            data_plate=zm.data_plate,
+            **data,
+        )
+        kernel = selection.kernel
+        print(f"{selection.message}; {time.perf_counter() - t0:.1f} s")
     print(
-        f"vigrad sample {zm.name}: {type(kernel).__name__}(step_size={step_size:g}), "
+        f"vigrad sample {zm.name}: {type(kernel).__name__}(step_size={kernel.step_size:g}), "
         f"{args.chains} chains x {args.samples} steps after {args.warmup} warm-up, "
         f"batch {args.batch_size}, thinning {args.thinning}"
     )
     t0 = time.perf_counter()
-    result = sgmcmc.sample(
-        zm.model,
-        kernel,
-        args.samples,
-        args.batch_size,
-        args.chains,
-        jax.random.key(args.seed),
-        num_warmup=args.warmup,
-        thinning=args.thinning,
-        progress_bar=not args.no_progress,
-        data_plate=zm.data_plate,
-        **data,
-    )
+    with warnings.catch_warnings():
+        # The convergence check is printed below, with the summary.
+        warnings.simplefilter("ignore", sgmcmc.ConvergenceWarning)
+        result = sgmcmc.sample(
+            zm.model,
+            kernel,
+            args.samples,
+            args.batch_size,
+            args.chains,
+            sample_key,
+            num_warmup=args.warmup,
+            thinning=args.thinning,
+            progress_bar=not args.no_progress,
+            data_plate=zm.data_plate,
+            **data,
+        )
     seconds = time.perf_counter() - t0
     print(f"sampled in {seconds:.1f} s (compile included)")
     idata = result.to_inference_data()
@@ -404,13 +404,25 @@ def cmd_sample(args: argparse.Namespace) -> int:
     print()
     print(f"Posterior summary ({args.chains} chains; ESS and R-hat across chains):")
     _print_summary(summary, posterior)
+    print()
+    verdict = "" if result.convergence.ok else "WARNING: "
+    print(f"Convergence (every element of every site): {verdict}{result.convergence.message}")
     if zm.reference:
         print("\n".join(_reference_table(zm.reference, posterior)))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary.to_csv(out / "summary.csv")
     idata.to_netcdf(str(out / "inference_data.nc"))
-    print(f"\nwrote {out}/: summary.csv, inference_data.nc")
+    if not args.no_plots:
+        from vigrad.diagnostics.posterior_plots import plot_posterior, plot_trace
+
+        plot_trace(result.samples, out / "trace.png")
+        label = f"{type(kernel).__name__} draws"
+        plot_posterior(posterior, out / "posterior.png", reference=zm.reference, label=label)
+    print(
+        f"\nwrote {out}/: summary.csv, inference_data.nc"
+        + ("" if args.no_plots else ", trace.png, posterior.png")
+    )
     return 0
 
 
@@ -482,7 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--step-size",
         type=float,
         default=None,
-        help="epsilon in theta += eps/2 grad + N(0, eps) (default: the model's, else 1e-4)",
+        help="epsilon in theta += eps/2 grad + N(0, eps) (default: chosen by a pilot run, "
+        "the smallest kernel Stein discrepancy over 1e-8..1)",
     )
     smp.add_argument("--samples", type=int, default=5000, help="steps per chain after warm-up")
     smp.add_argument("--warmup", type=int, default=1000)
@@ -492,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--seed", type=int, default=0)
     smp.add_argument("--out", default=None, help="output folder (default results/MODEL)")
     smp.add_argument("--no-progress", action="store_true")
+    smp.add_argument("--no-plots", action="store_true")
     smp.set_defaults(run=cmd_sample)
 
     models = sub.add_parser("models", help="list the zoo models")

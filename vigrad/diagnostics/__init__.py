@@ -4,6 +4,7 @@ from vigrad.diagnostics.gradients import GradientStats, gradient_variance
 from vigrad.diagnostics.inference_data import to_inference_data
 from vigrad.diagnostics.plots import plot_comparison
 from vigrad.diagnostics.psis import khat_message, log_importance_weights, psis_khat, site_khats
+from vigrad.diagnostics.psis_summary import psis_summary
 from vigrad.diagnostics.select import (
     Comparison,
     Selection,
@@ -25,6 +26,7 @@ __all__ = [
     "log_importance_weights",
     "plot_comparison",
     "psis_khat",
+    "psis_summary",
     "select_estimators",
     "site_khats",
     "to_inference_data",

@@ -76,29 +76,44 @@ def _broadcast_like(lw: np.ndarray, value: float) -> float | np.ndarray:
     return value if lw.ndim == 1 else np.full(lw.shape[:-1], value)
 
 
-def khat_message(k: float) -> str:
+POINT_MASS_MESSAGE = (
+    "does not apply: the guide is a point mass (a MAP or maximum-likelihood estimate), whose "
+    "importance weights are equal by construction; it carries no posterior uncertainty. For "
+    "uncertainty use AutoLaplaceApproximation (Gaussian at the mode) or fit a Gaussian or flow guide"
+)
+
+
+def khat_message(k: float, guide: Any = None, objective: Any = None) -> str:
     """A one-line reading of a PSIS k-hat, with the thresholds 0.5 and 0.7.
 
     ``k < 0.5`` good (finite-variance weights: the guide is close to the posterior); ``0.5 <= k <
     0.7`` ok (usable, slower convergence of importance-weighted estimates); ``k >= 0.7`` bad (the
     guide misses posterior mass: do not trust it, its tails least of all). See the module
-    docstring for the references.
+    docstring for the references. When ``guide`` and ``objective`` are given, the advice is for
+    them (:func:`vigrad.diagnostics.guides.guide_advice`): a mean-field guide is told to try a
+    full-rank one, a full-rank guide a flow, an ELBO fit a mass-covering objective, an
+    importance-weighted fit more particles.
     """
+    from vigrad.diagnostics.guides import guide_advice
+
     k = float(k)
     if np.isnan(k):
         return "unknown: k-hat could not be estimated"
     if k == -np.inf:
-        return "good: all importance weights are equal, the guide matches the posterior"
+        return (
+            "good: all importance weights are equal, the guide matches the posterior (check that "
+            "the guide is not a point mass, for which k-hat does not apply)"
+        )
     if k < GOOD:
         return "good: the guide is close to the posterior; importance weights have finite variance"
     if k < BAD:
         return (
             "ok: usable, but importance-weighted estimates converge slowly; the guide is "
-            "somewhat too narrow or misplaced"
+            f"somewhat too narrow or misplaced; {guide_advice(guide, objective)}"
         )
     return (
         "bad: the guide misses posterior mass and is not to be trusted, its tails least of all; "
-        "try a richer guide (full-rank, flow) or a mass-covering objective (IWELBO, Renyi)"
+        + guide_advice(guide, objective)
     )
 
 

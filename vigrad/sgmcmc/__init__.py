@@ -1,5 +1,7 @@
-"""Stochastic-gradient MCMC on NumPyro models: SGLD, pSGLD, SGHMC, SGLD-CV, DSGLD and FSGLD."""
+"""Stochastic-gradient MCMC on NumPyro models: SGLD, pSGLD, SGHMC, SGLD-CV, DSGLD and FSGLD,
+with step-size selection and a convergence check."""
 
+from vigrad.sgmcmc.convergence import Convergence, ConvergenceWarning, check_convergence
 from vigrad.sgmcmc.federated import (
     DSGLD,
     FSGLD,
@@ -22,8 +24,12 @@ from vigrad.sgmcmc.kernels import (
 from vigrad.sgmcmc.minibatch import Target
 from vigrad.sgmcmc.results import DivergentChainError, SGMCMCResult
 from vigrad.sgmcmc.sample import sample
+from vigrad.sgmcmc.stein import imq_ksd
+from vigrad.sgmcmc.step_size import StepSizeSelection, select_step_size
 
 __all__ = [
+    "Convergence",
+    "ConvergenceWarning",
     "DSGLD",
     "DivergentChainError",
     "FSGLD",
@@ -36,11 +42,15 @@ __all__ = [
     "SGLDCV",
     "SGLDState",
     "SGMCMCResult",
+    "StepSizeSelection",
     "ShardLayout",
     "Target",
+    "check_convergence",
     "conducive_gradient",
+    "imq_ksd",
     "pSGLD",
     "polynomial_decay",
     "sample",
+    "select_step_size",
     "shard_layout",
 ]

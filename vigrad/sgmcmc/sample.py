@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from vigrad.infer.checkpoint import resume_checkpoint, save_checkpoint
 from vigrad.infer.describe import array_summary, describe
 from vigrad.infer.progress import ChunkProgress
 from vigrad.infer.static import join_static, split_static
+from vigrad.sgmcmc.convergence import RHAT_MAX, ConvergenceWarning, check_convergence
 from vigrad.sgmcmc.kernels import Kernel
 from vigrad.sgmcmc.minibatch import Target
 from vigrad.sgmcmc.results import DivergentChainError, SGMCMCResult
@@ -178,6 +180,7 @@ def sample(
     data_plate: str | None = None,
     chunk_size: int | None = None,
     devices: int | Sequence[jax.Device] | None = None,
+    check: bool = True,
     **kwargs: Any,
 ) -> SGMCMCResult:
     """Run ``num_chains`` stochastic-gradient MCMC chains on a NumPyro model.
@@ -215,9 +218,12 @@ def sample(
         chunk_size: steps per compiled chunk (default: a twentieth of the run).
         devices: an int or a list of devices to split the chains over (``jax.sharding``);
             ``num_chains`` must be a multiple of their number.
+        check: check convergence (split R-hat, bulk and tail ESS against ArviZ's thresholds) and
+            warn with :class:`ConvergenceWarning` when the draws fail it.
 
     Returns:
-        :class:`SGMCMCResult` with ``samples[name]`` of shape ``(num_chains, num_draws, ...)``.
+        :class:`SGMCMCResult` with ``samples[name]`` of shape ``(num_chains, num_draws, ...)`` and
+        ``convergence`` (``None`` with ``check=False``).
 
     Raises:
         DataError: no data plate, data not indexed by the plate, or a batch larger than the data.
@@ -346,6 +352,13 @@ def sample(
                     history=_concat(draws),
                 )
     samples = _concat(draws)
+    convergence = None
+    if check:
+        convergence = check_convergence(samples)
+        if not convergence.ok:
+            fix = _fix(kernel, num_chains, num_samples, convergence)
+            convergence = check_convergence(samples, fix=fix)
+            warnings.warn(convergence.message, ConvergenceWarning, stacklevel=2)
     return SGMCMCResult(
         samples=samples,
         state=carry,
@@ -353,7 +366,33 @@ def sample(
         num_warmup=num_warmup,
         num_steps=total,
         thinning=thinning,
+        convergence=convergence,
+        kernel=kernel,
+        model=model,
+        args=args,
+        kwargs=kwargs,
+        data_plate=target.plate,
+        num_data=target.num_data,
     )
+
+
+def _fix(kernel: Kernel, num_chains: int, num_samples: int, convergence) -> str:
+    """The advice printed with a failed convergence check: the knobs of this run and, as ESS
+    grows about linearly with the number of steps, how many steps would reach the ESS needed."""
+    ess = min(convergence.min_ess_bulk, convergence.min_ess_tail)
+    needed = math.ceil(num_samples * convergence.ess_required / max(ess, 1.0) / 1000) * 1000
+    # Chains that disagree have not forgotten their starts: at least double the run.
+    needed = max(needed, 2 * num_samples) if convergence.max_rhat > RHAT_MAX else needed
+    step = "" if callable(kernel.step_size) else f" (now {kernel.step_size:g})"
+    advice = (
+        f"run longer: about num_samples={needed} (now {num_samples}), with a longer warm-up if "
+        f"R-hat is large; if the step size{step} was not chosen by "
+        "vigrad.sgmcmc.select_step_size, choose it with that first (the largest step whose draws "
+        "stay accurate mixes fastest)"
+    )
+    if num_chains < 2:
+        advice += "; run at least 2 chains (4 is usual) so R-hat can be checked"
+    return advice
 
 
 def _run_info(
