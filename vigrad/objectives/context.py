@@ -373,7 +373,8 @@ class ProgramContext:
     def _standard(self, fixed: bool, analytic_kl: bool = False) -> ParticleDraw:
         """The body of a guide particle block: one particle, its sites recorded."""
         run = self._run
-        _, key = self._next("draw")
+        # The body's own key: a guide particle block's body draws nothing else.
+        key = self._key
         assignment = _FixedSamples() if fixed else run.assignment
         draw, sites = standard_particle(
             jax.random.split(key),
