@@ -133,7 +133,7 @@ class _SampleWithEstimators(Messenger):
     def _enumerate(self, msg: dict, estimator: Estimator) -> None:
         # Without a branch (the first trace, which finds the enumerated sites) every enumerated
         # site takes its first support value.
-        self.enumerated[msg["name"]] = num_branches(msg["fn"])
+        self.enumerated[msg["name"]] = estimator.num_branches(msg["fn"])
         branch = jnp.zeros((), jnp.int32) if self.branch is None else self.branch
         self._branch(msg, estimator, branch, self.enum_weights)
 
