@@ -388,7 +388,9 @@ def _fix(kernel: Kernel, num_chains: int, num_samples: int, convergence) -> str:
         f"run longer: about num_samples={needed} (now {num_samples}), with a longer warm-up if "
         f"R-hat is large; if the step size{step} was not chosen by "
         "vigrad.sgmcmc.select_step_size, choose it with that first (the largest step whose draws "
-        "stay accurate mixes fastest)"
+        "stay accurate mixes fastest); for a posterior with strongly correlated or differently "
+        "scaled coordinates, a preconditioned kernel mixes much faster "
+        "(vigrad.sgmcmc.PreconditionedSGLDCV, `vigrad sample --kernel sgldcv-pre`)"
     )
     if num_chains < 2:
         advice += "; run at least 2 chains (4 is usual) so R-hat can be checked"
