@@ -79,7 +79,9 @@ def test_sample_warns_and_records_when_not_converged():
         result = sg.sample(
             model, sg.SGLD(1e-7), 200, 20, 4, jax.random.PRNGKey(0), progress_bar=False, **data()
         )
-    assert not result.convergence.ok and result.convergence.max_rhat > 1.05
+    assert not result.convergence.ok and result.convergence.max_rhat > 1.5
+    # Chains still at their random starts: the advice also raises separate regions (modes).
+    assert "chains sitting in different regions" in result.convergence.message
 
 
 def test_imq_ksd_is_smallest_for_the_target():
