@@ -79,7 +79,9 @@ def test_sample_warns_and_records_when_not_converged():
         result = sg.sample(
             model, sg.SGLD(1e-7), 200, 20, 4, jax.random.PRNGKey(0), progress_bar=False, **data()
         )
-    assert not result.convergence.ok and result.convergence.max_rhat > 1.05
+    assert not result.convergence.ok and result.convergence.max_rhat > 1.5
+    # Chains still at their random starts: the advice also raises separate regions (modes).
+    assert "chains sitting in different regions" in result.convergence.message
 
 
 def test_imq_ksd_is_smallest_for_the_target():
@@ -183,3 +185,47 @@ def test_cli_sample_chooses_the_step_size_and_reports_convergence(tmp_path, caps
     text = capsys.readouterr().out
     assert "chosen by the kernel Stein discrepancy" in text
     assert "Convergence (every element of every site): converged" in text
+
+
+def correlated(x, y):
+    """Logistic regression on nearly collinear features: a long, thin posterior."""
+    w = numpyro.sample("w", dist.Normal(jnp.zeros(2), 3.0).to_event(1))
+    with numpyro.plate("data", x.shape[0]):
+        logits = numpyro.subsample(x, 1) @ w
+        numpyro.sample("y", dist.Bernoulli(logits=logits), obs=numpyro.subsample(y, 0))
+
+
+def test_preconditioned_sgldcv_mixes_where_sgld_does_not():
+    kz, ke, ky = jax.random.split(jax.random.PRNGKey(5), 3)
+    z = jax.random.normal(kz, (400,))
+    x = jnp.stack([z, z + 0.05 * jax.random.normal(ke, (400,))], 1)
+    y = jax.random.bernoulli(ky, jax.nn.sigmoid(x @ jnp.array([1.0, 1.0]))).astype(float)
+    runs = {}
+    for name, kernel in [("sgld", sg.SGLD(1.0)), ("pre", sg.PreconditionedSGLDCV(1.0))]:
+        sel = sg.select_step_size(
+            correlated,
+            kernel,
+            32,
+            jax.random.PRNGKey(0),
+            x=x,
+            y=y,
+            step_sizes=GRID,
+            num_steps=400,
+            num_draws=50,
+        )
+        runs[name] = sg.sample(
+            correlated,
+            sel.kernel,
+            4000,
+            32,
+            4,
+            jax.random.PRNGKey(1),
+            x=x,
+            y=y,
+            num_warmup=200,
+            progress_bar=False,
+        )
+    pre, plain = runs["pre"].convergence, runs["sgld"].convergence
+    assert pre.max_rhat <= 1.05 and pre.min_ess_bulk > 3 * plain.min_ess_bulk, (pre, plain)
+    assert not plain.ok
+    assert "PreconditionedSGLDCV" in runs["sgld"].convergence.message

@@ -333,7 +333,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-KERNEL_NAMES = ("sgld", "psgld", "sghmc", "sgldcv")
+KERNEL_NAMES = ("sgld", "psgld", "sghmc", "sgldcv", "sgldcv-pre")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -356,6 +356,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         "psgld": sgmcmc.pSGLD,
         "sghmc": sgmcmc.SGHMC,
         "sgldcv": sgmcmc.SGLDCV,
+        "sgldcv-pre": sgmcmc.PreconditionedSGLDCV,
     }
     kernel = kernels[args.kernel](step_size=args.step_size or 1e-4)
     select_key, sample_key = jax.random.split(jax.random.key(args.seed))

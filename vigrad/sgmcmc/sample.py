@@ -376,6 +376,10 @@ def sample(
     )
 
 
+MULTIMODAL_RHAT = 1.5
+"""Above this R-hat the advice also raises multimodality (chains in separate regions)."""
+
+
 def _fix(kernel: Kernel, num_chains: int, num_samples: int, convergence) -> str:
     """The advice printed with a failed convergence check: the knobs of this run and, as ESS
     grows about linearly with the number of steps, how many steps would reach the ESS needed."""
@@ -388,10 +392,19 @@ def _fix(kernel: Kernel, num_chains: int, num_samples: int, convergence) -> str:
         f"run longer: about num_samples={needed} (now {num_samples}), with a longer warm-up if "
         f"R-hat is large; if the step size{step} was not chosen by "
         "vigrad.sgmcmc.select_step_size, choose it with that first (the largest step whose draws "
-        "stay accurate mixes fastest)"
+        "stay accurate mixes fastest); for a posterior with strongly correlated or differently "
+        "scaled coordinates, a preconditioned kernel mixes much faster "
+        "(vigrad.sgmcmc.PreconditionedSGLDCV, `vigrad sample --kernel sgldcv-pre`)"
     )
     if num_chains < 2:
         advice += "; run at least 2 chains (4 is usual) so R-hat can be checked"
+    if convergence.max_rhat > MULTIMODAL_RHAT:
+        advice += (
+            f". An R-hat of {convergence.max_rhat:.2f} means chains sitting in different regions: "
+            "if they stay apart in a trace plot, the posterior is multimodal (e.g. a neural "
+            "network's hidden-unit symmetries), no run length will mix it, and each chain is at "
+            "best a sample from one mode"
+        )
     return advice
 
 
