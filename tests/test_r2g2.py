@@ -21,6 +21,7 @@ from vigrad.estimators.r2g2 import (
     GaussianNoise,
     LocalReparam,
     conjugate_gradients,
+    direct_projected_noise,
     projected_noise,
     r2g2_map,
 )
@@ -194,7 +195,7 @@ def test_r2g2_lowers_variance_of_the_scale_gradient(dense_samples):
     [
         ("latent", R2G2(), R2G2(maxiter=1)),
         ("conv", R2G2(), R2G2(maxiter=1)),
-        ("conv", R2G2(per_example=True), R2G2(per_example=True, maxiter=1)),
+        ("conv", R2G2(per_example=True), R2G2(per_example=True, maxiter=1, tol=1.0)),
         ("dense", R2G2(per_example=True), None),
     ],
     ids=["latent", "conv", "conv-per-example", "dense-per-example"],
@@ -204,8 +205,10 @@ def test_r2g2_unbiased_latent_conv_per_example(case, estimator, negative):
     exact = jax.grad(neg_elbo)(params)
     assert max_abs_z(estimates(case, estimator, seed=1), exact) < THRESHOLD
     if negative is not None:
-        # One CG iteration is short of the rank, and the same test must reject it. (Per example,
-        # a dense layer's systems have rank one: one iteration is exact there.)
+        # One CG iteration is short of the rank (or, for the per-example convolution's direct
+        # solve, one ridge-regularised solve with a ridge as large as the trace shrinks eps*),
+        # and the same test must reject it. (Per example, a dense layer's systems have rank one
+        # and a closed form.)
         assert max_abs_z(estimates(case, negative, seed=1), exact) > 2 * THRESHOLD
 
 
@@ -246,6 +249,94 @@ def test_equals_local_reparameterisation_per_example():
     # And it is not plain reparameterisation.
     rt = jax.grad(lambda s: loss(jnp.einsum("bi,bij->bj", x, loc + s * eps)))(scale)
     assert not np.allclose(rt, g_r2g2[1], rtol=1e-3)
+
+
+def test_local_reparameterisation_gradient_at_a_zero_input_row():
+    """A row of zeros has zero pre-activation variance; R2-G2's projection is zero there, and the
+    closed form's gradient is finite (no derivative of sqrt at 0) and equals it."""
+    x = XW.at[1].set(0.0)
+    xi = jnp.array([[0.3, -1.2], [0.7, 0.4]])
+
+    def loss(loc, scale, x):
+        return jnp.sum(jnp.sin(local_reparam_linear(x, loc, scale, noise=xi[: x.shape[0]])))
+
+    grads = jax.grad(loss, argnums=(0, 1, 2))(W_PARAMS["loc"], W_PARAMS["scale"], x)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
+    only_first = jax.grad(loss, argnums=1)(W_PARAMS["loc"], W_PARAMS["scale"], x[:1])
+    np.testing.assert_allclose(grads[1], only_first, atol=1e-14)
+
+
+def _pinv_projection(rows, scale, noise):
+    rows, scale, noise = (np.asarray(a) for a in (rows, scale, noise))
+    out = np.zeros_like(noise)
+    for b in range(rows.shape[0]):
+        for o in range(scale.shape[1]):
+            a = rows[b] * scale[:, o]
+            out[b, :, o] = np.linalg.pinv(a) @ a @ noise[b, :, o]
+    return out
+
+
+@pytest.mark.parametrize("positions, size", [(3, 7), (9, 5)], ids=["wide", "tall"])
+def test_direct_projection_equals_pseudo_inverse(positions, size):
+    """Rank-deficient systems on both sides (a zero row, repeated rows, a zero column)."""
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(9), 3)
+    rows = jax.random.normal(k1, (3, positions, size))
+    rows = rows.at[0, 0].set(0.0).at[1, 1].set(rows[1, 0]).at[2, :, 1].set(0.0)
+    scale = jnp.exp(jax.random.normal(k2, (size, 2)))
+    noise = jax.random.normal(k3, (3, size, 2))
+    eps_star = direct_projected_noise(rows, scale, noise)
+    np.testing.assert_allclose(eps_star, _pinv_projection(rows, scale, noise), atol=1e-10)
+
+
+def test_per_example_conv_equals_per_example_kernels():
+    """R2G2(per_example=True) on a convolution: the value is the convolution of each example with
+    its own kernel draw, the gradient (kernel loc, scale and the inputs) that of the convolution
+    with the kernel's projected noise, eps* = A^+ A eps per example and output channel."""
+    from vigrad.nn.functional import _patches, _per_example_conv2d
+
+    k1, k2, k3, k4, k5 = jax.random.split(jax.random.PRNGKey(10), 5)
+    x = jax.random.normal(k1, (3, 5, 4, 2)).at[0, :2].set(0.0)
+    shape, strides, padding = (3, 2, 2, 3), (2, 1), "SAME"
+    loc = 0.3 * jax.random.normal(k2, shape)
+    scale = jnp.exp(0.3 * jax.random.normal(k3, shape))
+    parts = GaussianNoise(loc, scale, jnp.zeros(shape), k4)
+    # The per-example noise the layer draws from the site's key, as kernels.
+    noise = jax.random.normal(k4, (3, 12, 3)).reshape(3, *shape)
+    conv = jax.vmap(
+        lambda xb, kb: jax.lax.conv_general_dilated(
+            xb[None], kb, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )[0]
+    )
+    rows = _patches(x, (3, 2), strides, padding).reshape(3, -1, 12)
+    eps_star = _pinv_projection(rows, scale.reshape(12, 3), noise.reshape(3, 12, 3))
+    eps_star = jnp.asarray(eps_star).reshape(3, *shape)
+    g_out = jax.random.normal(k5, (3, 3, 4, 3))
+
+    def layer(loc, scale, x):
+        return jnp.sum(
+            g_out
+            * jnp.tanh(
+                _per_example_conv2d(
+                    x,
+                    parts._replace(loc=loc, scale=scale),
+                    strides,
+                    padding,
+                    R2G2(per_example=True),
+                )
+            )
+        )
+
+    def reference(loc, scale, x):
+        return jnp.sum(g_out * jnp.tanh(conv(x, loc + scale * eps_star)))
+
+    value = _per_example_conv2d(x, parts, strides, padding, R2G2(per_example=True))
+    np.testing.assert_allclose(value, conv(x, loc + scale * noise), atol=1e-12)
+    got = jax.grad(layer, argnums=(0, 1, 2))(loc, scale, x)
+    # At the same value: the reference's forward uses eps*, whose outputs equal the draw's.
+    np.testing.assert_allclose(conv(x, loc + scale * eps_star), value, atol=1e-10)
+    want = jax.grad(reference, argnums=(0, 1, 2))(loc, scale, x)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-10)
 
 
 def test_dense_layer_lrt_in_the_elbo_is_unbiased():

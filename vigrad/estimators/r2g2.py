@@ -18,7 +18,9 @@ linear layer after a VAE's reparameterised latent, the local trick does not appl
 
 ``eps*`` comes from conjugate gradients on ``(A A^T) beta = A eps`` with matrix-vector products only
 (``A A^T`` is never formed), at most ``rank(A)`` iterations, on stopped inputs: no gradient flows
-through the solver.
+through the solver. With weight noise drawn per example, no solver runs: a dense map's systems have
+rank one and a closed form (the local reparameterisation trick), and a convolution's are small
+dense systems on each example's patch matrix, solved directly (:func:`direct_projected_noise`).
 
 The estimators here only draw the site and record its noise; the map that consumes the site is
 declared in the model with :mod:`vigrad.nn` (``vigrad.nn.linear``, ``vigrad.nn.conv2d``,
@@ -168,17 +170,25 @@ class R2G2(_GaussianSite):
     the site's prior and guide terms, so its variance usually, but not provably, drops too.
 
     Args:
-        maxiter: cap on conjugate-gradient iterations; ``None`` uses the bound ``rank(A)`` can reach
-            (the size of one system), at which CG has converged in exact arithmetic.
-        tol: relative residual at which CG stops (per system, ``|r| <= tol |b|``); ``None`` picks
-            ``1e-6`` in float32 and ``1e-10`` in float64.
+        maxiter: cap on the solver's iterations. For conjugate gradients (maps with one weight
+            draw per minibatch, and latents), ``None`` uses the bound ``rank(A)`` can reach (the
+            size of one system), at which CG has converged in exact arithmetic. For the direct
+            solve of per-example convolutions, the number of iterated-Tikhonov steps
+            (``None``: 8; see :func:`direct_projected_noise`).
+        tol: for CG, the relative residual at which it stops (per system, ``|r| <= tol |b|``);
+            ``None`` picks ``1e-6`` in float32 and ``1e-10`` in float64. For the direct solve,
+            the relative ridge ``delta / trace(A A^T)`` (``None``: ``max(p, k)`` machine epsilons).
         per_example: for weight sites (dense and convolutional maps), draw the weight noise of the
             map afresh for each example (row of the inputs), as the local reparameterisation trick
             does, and condition on each example's pre-activations. The site's own draw still
             serves its prior and guide densities. Unbiased because each example's likelihood term
             depends on the weights' marginal only; this is where R2-G2 equals the local trick on
             dense layers and beats plain reparameterisation most, since one example's outputs see
-            fewer directions of the weights than a whole batch's.
+            fewer directions of the weights than a whole batch's. Dense maps then take the closed
+            form (each example's system has rank one; see
+            :func:`vigrad.nn.local_reparam_linear`), with no per-example weights and no solve;
+            convolutions project each example's kernel noise directly on its patch matrix
+            (:func:`direct_projected_noise`), with no per-example convolution and no CG.
     """
 
     maxiter: int | None = None
@@ -317,3 +327,48 @@ def r2g2_map(
     z = apply(coefficients, loc + scale * noise)
     z_star = apply(coefficients, loc + scale * eps_star)
     return stop(z - z_star) + z_star
+
+
+def direct_projected_noise(
+    rows: jax.Array,
+    scale: jax.Array,
+    noise: jax.Array,
+    tol: float | None = None,
+    maxiter: int | None = None,
+) -> jax.Array:
+    """``eps*`` for many small dense maps ``A_bo = rows_b diag(scale[:, o])``, by direct solves.
+
+    ``rows`` is ``[b, p, k]`` (e.g. each example's patch matrix), ``scale`` ``[k, o]`` and
+    ``noise`` ``[b, k, o]``; system ``(b, o)`` projects ``noise[b, :, o]`` onto the row space of
+    ``A_bo``, as ``eps* = A^T beta`` with ``(A A^T) beta = A eps``. When ``p > k`` the rows are
+    first replaced by the ``R`` factor of their QR decomposition, ``[k, k]`` with the same row
+    space, so every system has size ``n = min(p, k)``. Its ``n x n`` matrix ``M = A A^T`` is formed
+    and factorised once with a ridge, ``M + delta I``, ``delta = tol * trace(M)`` (``tol`` defaults
+    to ``max(p, k)`` machine epsilons, enough to keep the Cholesky factorisation of a singular
+    ``M`` positive in floating point); ``maxiter`` (default 8) steps of iterated Tikhonov
+    regularisation from ``beta = 0``, ``beta <- beta + (M + delta I)^{-1} (A eps - M beta)``, then
+    remove the ridge's bias: after ``j`` steps a direction of ``A``'s row space with squared singular
+    value ``lambda`` keeps a relative error ``(delta / (lambda + delta))^j``. Whatever the solve
+    leaves along the null space of ``A^T`` is annihilated by ``A^T``, so ``eps*`` has no component
+    in the null space of ``A`` beyond rounding. Costs ``O(b o n^2 (k + n))`` after the QR step; for
+    the small systems of a per-example convolution this is cheaper than conjugate gradients (a loop
+    step per iteration) and more accurate in float32. Gradients are stopped.
+    """
+    rows, scale, noise = stop(rows), stop(scale), stop(noise)
+    _, p, k = rows.shape
+    tol = max(p, k) * float(jnp.finfo(rows.dtype).eps) if tol is None else tol
+    maxiter = 8 if maxiter is None else maxiter
+    if p > k:
+        rows = jnp.linalg.qr(rows, mode="r")
+    n = rows.shape[1]
+    gram = jnp.einsum("bopk,bqk->bopq", rows[:, None] * (scale.T**2)[None, :, None], rows)
+    rhs = jnp.einsum("bpk,bko->bop", rows, scale * noise)
+    delta = tol * jnp.trace(gram, axis1=-2, axis2=-1) + jnp.finfo(gram.dtype).tiny
+    eye = jnp.eye(n, dtype=gram.dtype)
+    factor = jnp.linalg.cholesky(gram + delta[..., None, None] * eye)
+    inverse = jax.scipy.linalg.cho_solve((factor, True), jnp.broadcast_to(eye, gram.shape))
+    times = lambda m, v: jnp.einsum("boij,boj->boi", m, v)
+    beta = jnp.zeros_like(rhs)
+    for _ in range(maxiter):
+        beta = beta + times(inverse, rhs - times(gram, beta))
+    return scale * jnp.einsum("bpk,bop->bko", rows, beta)

@@ -18,11 +18,14 @@ depends on the layer (the rules below, chosen by type):
   ``u_a = s_a - grad_{x_a} [sum log f' + <u_b, y_b>]`` at fixed ``x_b``, one vector-Jacobian product
   through the conditioner whose forward pass is the sampling pass itself;
 * permutations and flips: the same permutation of the score;
-* masked autoregressive layers in their one-pass direction: the triangular Jacobian, formed with
-  forward-mode autodiff, and one linear solve;
-* any other bijection, and autoregressive layers in their sequential direction: the local inverse,
+* masked autoregressive layers (:mod:`vigrad.flows.autoregressive`): in their sequential
+  direction one vector-Jacobian product through the parallel pass at the output; in their
+  one-pass direction a blocked back substitution through the conditioner's first layer, without
+  forming the ``d x d`` Jacobian;
+* triangular affine layers: the Jacobian (a parameter) and one linear solve;
+* any other bijection: the local inverse,
   ``s_{l+1} = VJP(T_l^{-1}, x_{l+1})(s_l) + grad log|det J_{T_l^{-1}}(x_{l+1})|``, one pass through
-  the layer's inverse (the cheap direction for an inverted autoregressive layer).
+  the layer's inverse.
 
 ``Chain``, ``Scan`` (with ``lax.scan``) and ``Invert`` of all of these are followed structurally.
 New bijection types get a rule with :func:`register_score_rule`.
@@ -56,6 +59,8 @@ from flowjax.bijections import (
 )
 from flowjax.bijections.bijection import AbstractBijection
 from flowjax.distributions import AbstractDistribution, AbstractTransformed
+
+from vigrad.flows.autoregressive import dense_jacobian_rule, masked_autoregressive_rule
 
 stop = jax.lax.stop_gradient
 
@@ -188,30 +193,6 @@ def _coupling_rule(coupling: Coupling, x, s, inverse):
     return y, jnp.sum(log_det), stop(s_y)
 
 
-def _dense_jacobian_rule(bijection: Any, x, s, inverse):
-    # Autoregressive layers in their one-pass direction: the Jacobian is triangular; forming it
-    # costs ``dim`` forward-mode passes (batched), then one solve.
-    fn = lambda x_: _apply(bijection, x_, inverse)
-    y, log_det = fn(x)
-    x0 = stop(x)
-    jac = jax.jacfwd(lambda x_: fn(x_)[0])(x0)
-    grad_log_det = jax.grad(lambda x_: jnp.sum(fn(x_)[1]))(x0)
-    s_y = jnp.linalg.solve(stop(jac).T, s - grad_log_det)
-    return y, log_det, stop(s_y)
-
-
-def _masked_autoregressive_rule(maf: MaskedAutoregressive, x, s, inverse):
-    if maf.cond_shape is not None:
-        raise ValueError("the score recursion supports unconditional autoregressive layers only")
-    if inverse:
-        return local_inverse_rule(maf, x, s, inverse)
-    return _dense_jacobian_rule(maf, x, s, inverse)
-
-
-def _triangular_affine_rule(tri: TriangularAffine, x, s, inverse):
-    return _dense_jacobian_rule(tri, x, s, inverse)
-
-
 for _cls in (Affine, Loc, Scale, Exp, Tanh, SoftPlus):
     register_score_rule(_cls, _elementwise_rule)
 register_score_rule(Chain, _chain_rule)
@@ -221,8 +202,8 @@ register_score_rule(Permute, _permute_rule)
 register_score_rule(Flip, _flip_rule)
 register_score_rule(Identity, _identity_rule)
 register_score_rule(Coupling, _coupling_rule)
-register_score_rule(MaskedAutoregressive, _masked_autoregressive_rule)
-register_score_rule(TriangularAffine, _triangular_affine_rule)
+register_score_rule(MaskedAutoregressive, masked_autoregressive_rule)
+register_score_rule(TriangularAffine, dense_jacobian_rule)
 
 
 def split_flow(flow: AbstractDistribution) -> tuple[AbstractDistribution, list[Any]]:

@@ -21,7 +21,14 @@ import jax
 import jax.numpy as jnp
 
 from vigrad.errors import EstimatorError
-from vigrad.estimators.r2g2 import R2G2, GaussianNoise, LocalReparam, declaration_of, r2g2_map
+from vigrad.estimators.r2g2 import (
+    R2G2,
+    GaussianNoise,
+    LocalReparam,
+    declaration_of,
+    direct_projected_noise,
+    r2g2_map,
+)
 from vigrad.objectives.particles import guide_site
 
 stop = jax.lax.stop_gradient
@@ -98,10 +105,9 @@ def linear(site: str, x: jax.Array, w: jax.Array) -> jax.Array:
             raise EstimatorError(
                 f"R2G2(per_example=True) on site '{site}': needs one weight matrix, got {w.shape}."
             )
-        rows = x[..., None, :]
-        parts = _per_example(parts, rows.shape[:-2])
-        out = r2g2_map(jnp.matmul, rows, parts, (-2,), estimator.tol, estimator.maxiter)
-        return out[..., 0, :]
+        # Each example's system has rank one, where R2-G2 is the local reparameterisation trick
+        # in closed form: no per-example weights, no solve.
+        return local_reparam_linear(x, parts.loc, parts.scale, parts.key)
     if w.ndim == 2:
         axes = tuple(range(max(x.ndim, 1) - 1))
     else:
@@ -151,20 +157,53 @@ def conv2d(
     estimator, parts = declared
     _refuse_local(estimator, site, "vigrad.nn.conv2d")
     if estimator.per_example:
-        one = lambda inputs, kernel: apply(inputs[None], kernel)[0]
-        per_row = jax.vmap(one)
-        parts = _per_example(parts, x.shape[:1])
-        return r2g2_map(per_row, x, parts, (1, 2), estimator.tol, estimator.maxiter)
+        return _per_example_conv2d(x, parts, strides, padding, estimator)
     return r2g2_map(apply, x, parts, (0, 1, 2), estimator.tol, estimator.maxiter)
 
 
-def _per_example(parts: GaussianNoise, batch: tuple[int, ...]) -> GaussianNoise:
-    """The site's loc and scale broadcast over ``batch``, with fresh weight noise per example."""
-    shape = tuple(batch) + parts.loc.shape
-    noise = jax.random.normal(parts.key, shape, parts.noise.dtype)
-    return GaussianNoise(
-        jnp.broadcast_to(parts.loc, shape), jnp.broadcast_to(parts.scale, shape), noise
+def _per_example_conv2d(x, parts: GaussianNoise, strides, padding, estimator: R2G2) -> jax.Array:
+    """R2-G2 with a kernel draw per example, written on the examples' patch matrices.
+
+    With ``X_b`` the ``[positions, k*k*c_in]`` patch matrix of example ``b``, its outputs of channel
+    ``o`` are ``X_b (loc_o + scale_o * eps_bo)``: a dense map per example and channel, whose
+    projected noise is solved directly (:func:`~vigrad.estimators.r2g2.direct_projected_noise`).
+    The mean ``conv(x, loc)`` stays one convolution; the noise ``X_b (scale * eps_b)`` is one batched
+    product, its value that of the per-example draw and its gradient that of ``eps*``.
+    """
+    kh, kw, c_in, c_out = parts.loc.shape
+    patches = _patches(x, (kh, kw), strides, padding)
+    rows = patches.reshape(x.shape[0], -1, kh * kw * c_in)
+    scale = parts.scale.reshape(kh * kw * c_in, c_out)
+    noise = jax.random.normal(parts.key, (x.shape[0], *scale.shape), parts.noise.dtype)
+    eps_star = direct_projected_noise(rows, scale, noise, estimator.tol, estimator.maxiter)
+    value = jnp.einsum("bpk,bko->bpo", rows, scale * noise)
+    star = jnp.einsum("bpk,bko->bpo", rows, scale * eps_star)
+    mean = jax.lax.conv_general_dilated(
+        x, parts.loc, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
+    return mean + (stop(value - star) + star).reshape(mean.shape)
+
+
+def _patches(x: jax.Array, window: tuple[int, int], strides, padding) -> jax.Array:
+    """``[n, h_out, w_out, kh * kw * c]`` patches of NHWC ``x``, features ordered as a flattened
+    HWIO kernel's inputs. Built from strided slices: a convolution with an identity kernel
+    (``lax.conv_general_dilated_patches``) is several times slower on CPU, its gradient too."""
+    kh, kw = window
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(x.shape[1:3], window, strides, padding)
+    padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    h_out = (padded.shape[1] - kh) // strides[0] + 1
+    w_out = (padded.shape[2] - kw) // strides[1] + 1
+    shifted = [
+        padded[
+            :,
+            i : i + strides[0] * (h_out - 1) + 1 : strides[0],
+            j : j + strides[1] * (w_out - 1) + 1 : strides[1],
+        ]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return jnp.stack(shifted, axis=3).reshape(*shifted[0].shape[:3], kh * kw * x.shape[-1])
 
 
 def local_reparam_linear(
@@ -172,10 +211,20 @@ def local_reparam_linear(
 ) -> jax.Array:
     """Pre-activations ``x @ W`` sampled directly, ``x @ loc + sqrt(x^2 @ scale^2) * xi``.
 
-    ``xi`` is standard normal per output (``noise``, or drawn with ``rng_key``).
+    ``xi`` is standard normal per output (``noise``, or drawn with ``rng_key``). This is also
+    R2-G2 with a weight draw per example: example ``b``'s output ``j`` sees the weights' noise through
+    the single row ``a = x_b * scale_j``, whose projection is ``eps* = a (a . eps) / |a|^2``, and
+    ``a . eps / |a| = xi`` is standard normal, independently over examples and outputs. The value
+    is ``x @ loc + sd * xi`` with ``sd^2 = x^2 @ scale^2``, and R2-G2's gradient, that of
+    ``x @ (loc + scale * stop(eps*))``, is that of ``x @ loc + (sd^2 / 2) * stop(xi / sd)``: the
+    local reparameterisation trick's, written without differentiating the square root, so an
+    input row of zeros (``sd = 0``, where ``eps* = 0``) gets a zero gradient rather than NaN.
     """
     mean = jnp.matmul(x, loc)
-    sd = jnp.sqrt(jnp.matmul(x**2, scale**2))
+    var = jnp.matmul(x**2, scale**2)
     if noise is None:
         noise = jax.random.normal(rng_key, mean.shape, mean.dtype)
-    return mean + sd * noise
+    sd = jnp.sqrt(stop(var))
+    positive = sd > 0
+    unit = jnp.where(positive, noise / jnp.where(positive, sd, 1.0), 0.0)
+    return mean + sd * noise + 0.5 * (var - stop(var)) * stop(unit)
