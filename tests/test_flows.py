@@ -162,9 +162,9 @@ def _check_fast_equals_slow(flow, num_keys):
 
 
 def test_masked_autoregressive_score_without_the_jacobian():
-    """The one-pass direction's back substitution: blocks of unequal size (d = 7: blocks of 4,
-    the last padded), two hidden layers, a spline transformer; the score equals the inverse-pass
-    score and the blocked solve equals a dense triangular solve."""
+    """The one-pass direction's back substitution with two hidden layers and a spline
+    transformer: the score equals the inverse-pass score, and the solve a dense triangular
+    solve."""
     layer = MaskedAutoregressive(
         jr.key(3),
         transformer=RationalQuadraticSpline(knots=4, interval=3.0),
