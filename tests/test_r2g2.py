@@ -276,12 +276,18 @@ def _pinv_projection(rows, scale, noise):
     return out
 
 
-@pytest.mark.parametrize("positions, size", [(3, 7), (9, 5)], ids=["wide", "tall"])
-def test_direct_projection_equals_pseudo_inverse(positions, size):
-    """Rank-deficient systems on both sides (a zero row, repeated rows, a zero column)."""
+@pytest.mark.parametrize(
+    "positions, size, deficient",
+    [(3, 7, True), (9, 5, True), (9, 5, False)],
+    ids=["wide", "tall", "tall-full-rank"],
+)
+def test_direct_projection_equals_pseudo_inverse(positions, size, deficient):
+    """Rank-deficient systems on both sides (a zero row, repeated rows, a zero column), and the
+    full-column-rank shortcut (eps* = eps)."""
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(9), 3)
     rows = jax.random.normal(k1, (3, positions, size))
-    rows = rows.at[0, 0].set(0.0).at[1, 1].set(rows[1, 0]).at[2, :, 1].set(0.0)
+    if deficient:
+        rows = rows.at[0, 0].set(0.0).at[1, 1].set(rows[1, 0]).at[2, :, 1].set(0.0)
     scale = jnp.exp(jax.random.normal(k2, (size, 2)))
     noise = jax.random.normal(k3, (3, size, 2))
     eps_star = direct_projected_noise(rows, scale, noise)

@@ -340,26 +340,49 @@ def direct_projected_noise(
 
     ``rows`` is ``[b, p, k]`` (e.g. each example's patch matrix), ``scale`` ``[k, o]`` and
     ``noise`` ``[b, k, o]``; system ``(b, o)`` projects ``noise[b, :, o]`` onto the row space of
-    ``A_bo``, as ``eps* = A^T beta`` with ``(A A^T) beta = A eps``. When ``p > k`` the rows are
-    first replaced by the ``R`` factor of their QR decomposition, ``[k, k]`` with the same row
-    space, so every system has size ``n = min(p, k)``. Its ``n x n`` matrix ``M = A A^T`` is formed
-    and factorised once with a ridge, ``M + delta I``, ``delta = tol * trace(M)`` (``tol`` defaults
-    to ``max(p, k)`` machine epsilons, enough to keep the Cholesky factorisation of a singular
-    ``M`` positive in floating point); ``maxiter`` (default 8) steps of iterated Tikhonov
-    regularisation from ``beta = 0``, ``beta <- beta + (M + delta I)^{-1} (A eps - M beta)``, then
-    remove the ridge's bias: after ``j`` steps a direction of ``A``'s row space with squared singular
-    value ``lambda`` keeps a relative error ``(delta / (lambda + delta))^j``. Whatever the solve
-    leaves along the null space of ``A^T`` is annihilated by ``A^T``, so ``eps*`` has no component
-    in the null space of ``A`` beyond rounding. Costs ``O(b o n^2 (k + n))`` after the QR step; for
-    the small systems of a per-example convolution this is cheaper than conjugate gradients (a loop
-    step per iteration) and more accurate in float32. Gradients are stopped.
+    ``A_bo``, as ``eps* = A^T beta`` with ``(A A^T) beta = A eps``.
+
+    * ``p >= k`` (more positions than kernel entries, e.g. a first convolution): when every
+      ``rows_b`` has full column rank, the row space is all of ``R^k`` and ``eps* = eps``, found
+      from one Cholesky factorisation of each ``rows_b^T rows_b`` (pivots above ``100 tol`` times
+      its trace); otherwise the rows are replaced by the ``R`` factor of their QR decomposition,
+      ``[k, k]`` with the same row space, and solved as below. (Taking ``eps* = eps`` for a
+      nearly singular ``rows_b`` would project onto a larger space than the row space: still
+      unbiased, with less variance removed.)
+    * Each system then has size ``n = min(p, k)``. Its ``n x n`` matrix ``M = A A^T`` is formed
+      and factorised once with a ridge, ``M + delta I``, ``delta = tol * trace(M)`` (``tol``
+      defaults to ``max(p, k)`` machine epsilons, enough to keep the Cholesky factorisation of a
+      singular ``M`` positive in floating point); ``maxiter`` (default 8) steps of iterated
+      Tikhonov regularisation from ``beta = 0``,
+      ``beta <- beta + (M + delta I)^{-1} (A eps - M beta)``, then remove the ridge's bias: after
+      ``j`` steps a direction of ``A``'s row space with squared singular value ``lambda`` keeps a
+      relative error ``(delta / (lambda + delta))^j``. Whatever the solve leaves along the null
+      space of ``A^T`` is annihilated by ``A^T``, so ``eps*`` has no component in the null space
+      of ``A`` beyond rounding.
+
+    Costs ``O(b o n^2 (k + n))``; for the small systems of a per-example convolution this is
+    cheaper than conjugate gradients (a loop step per iteration) and more accurate in float32.
+    Gradients are stopped.
     """
     rows, scale, noise = stop(rows), stop(scale), stop(noise)
     _, p, k = rows.shape
     tol = max(p, k) * float(jnp.finfo(rows.dtype).eps) if tol is None else tol
     maxiter = 8 if maxiter is None else maxiter
-    if p > k:
-        rows = jnp.linalg.qr(rows, mode="r")
+    if p < k:
+        return _ridge_projection(rows, scale, noise, tol, maxiter)
+    cross = jnp.einsum("bpk,bpl->bkl", rows, rows)
+    pivots = jnp.diagonal(jnp.linalg.cholesky(cross), axis1=-2, axis2=-1) ** 2
+    trace = jnp.trace(cross, axis1=-2, axis2=-1)
+    # A failed factorisation gives NaN pivots, which compare False.
+    full_rank = jnp.all(pivots > 100 * tol * trace[:, None])
+    return jax.lax.cond(
+        full_rank,
+        lambda: noise,
+        lambda: _ridge_projection(jnp.linalg.qr(rows, mode="r"), scale, noise, tol, maxiter),
+    )
+
+
+def _ridge_projection(rows, scale, noise, tol, maxiter):
     n = rows.shape[1]
     gram = jnp.einsum("bopk,bqk->bopq", rows[:, None] * (scale.T**2)[None, :, None], rows)
     rhs = jnp.einsum("bpk,bko->bop", rows, scale * noise)
