@@ -1,13 +1,24 @@
 """Fast path gradient vs the standard reparameterised gradient vs the slow path gradient
-(flowjax ``ElboLoss(stick_the_landing=True)``: inverse pass plus autodiff) for coupling flows.
+(flowjax ``ElboLoss(stick_the_landing=True)``: inverse pass plus autodiff) for coupling and masked
+autoregressive flows.
 
-For each target: cost per training step (gradient + Adam update, lax.scan chunks) of the three,
-measured interleaved under the same load; then training at equal wall time (round-robin chunks
-until each method has used the same budget), gradient variance (trace of the covariance of the
-batch gradient over keys) at each method's final parameters, and the final reverse ESS
-``1 / mean(w^2)`` (w normalised to mean 1) from 4096 draws of the trained flow.
+For each flow and target: cost per training step (gradient + Adam update, lax.scan chunks) of the
+three, measured interleaved under the same load; then (unless ``--cost-only``) training at equal
+wall time (round-robin chunks until each method has used the same budget), gradient variance
+(trace of the covariance of the batch gradient over keys) at each method's final parameters, and
+the final reverse ESS ``1 / mean(w^2)`` (w normalised to mean 1) from 4096 draws of the trained
+flow.
+
+Flows (``--flows``): ``coupling`` (coupling layers, sampling direction ``invert=False``), ``maf``
+(masked autoregressive layers in their one-pass direction for sampling, flowjax ``invert=False``)
+and ``maf_inverted`` (flowjax's default ``invert=True``: sampling runs the sequential inverse,
+the density the one pass); each with the transformers of ``--transformers`` (``rqs``: rational
+quadratic spline with 8 knots, ``affine``). The conditioner width is ``max(--width, d)`` (a masked
+autoregressive network narrower than ``d - 1`` leaves the last coordinates unconditioned).
 
     .venv/bin/python benchmarks/flows/bench_flows.py --dims 2 4 8 16 --budget 10
+    .venv/bin/python benchmarks/flows/bench_flows.py --cost-only --dims 4 16 64 --funnel 0 \\
+        --flows coupling maf maf_inverted --transformers affine rqs
 """
 
 from __future__ import annotations
@@ -23,12 +34,13 @@ import jax.random as jr
 import optax
 from flowjax.bijections import RationalQuadraticSpline
 from flowjax.distributions import StandardNormal
-from flowjax.flows import coupling_flow
+from flowjax.flows import coupling_flow, masked_autoregressive_flow
 from flowjax.train.losses import ElboLoss
 
 from vigrad.flows import reverse_kl_path_loss
 
 METHODS = ("reparam", "slow_path", "fast_path")
+FLOWS = ("coupling", "maf", "maf_inverted")
 
 
 def gmm_target(d: int, k: int = 4, spread: float = 2.5):
@@ -51,14 +63,20 @@ def funnel_target(d: int):
     return f"funnel d={d}", d, log_p
 
 
-def make_flow(d: int, layers: int, width: int):
-    return coupling_flow(
+def make_flow(kind: str, transformer: str, d: int, layers: int, width: int):
+    build = coupling_flow if kind == "coupling" else masked_autoregressive_flow
+    extra = (
+        {}
+        if transformer == "affine"
+        else {"transformer": RationalQuadraticSpline(knots=8, interval=5.0)}
+    )
+    return build(
         jr.key(0),
         base_dist=StandardNormal((d,)),
-        transformer=RationalQuadraticSpline(knots=8, interval=5.0),
         flow_layers=layers,
-        nn_width=width,
-        invert=False,
+        nn_width=max(width, d),
+        invert=kind == "maf_inverted",
+        **extra,
     )
 
 
@@ -76,8 +94,9 @@ def losses(log_p, batch):
     }
 
 
-def run_target(name, d, log_p, args):
-    flow = make_flow(d, args.layers, args.width)
+def run_target(flow_name, d, log_p, args):
+    kind, transformer = flow_name.split(" ")
+    flow = make_flow(kind, transformer, d, args.layers, args.width)
     params0, static = eqx.partition(flow, eqx.is_inexact_array)
     opt = optax.adam(args.lr)
     loss_fns = losses(log_p, args.batch)
@@ -110,6 +129,8 @@ def run_target(name, d, log_p, args):
             jax.block_until_ready(chunks[m](*carry[m], jr.key(r)))
             times[m].append((time.perf_counter() - t0) / args.chunk)
     cost = {m: statistics.median(times[m]) for m in METHODS}
+    if args.cost_only:
+        return cost, []
 
     # Equal wall time: round-robin chunks while a method's used time is under the budget.
     used = dict.fromkeys(METHODS, 0.0)
@@ -147,13 +168,16 @@ def run_target(name, d, log_p, args):
         rows.append(
             (m, cost[m], steps[m], used[m], grad_variance(m, carry[m][0]), float(e), float(elbo))
         )
-    return name, cost, rows
+    return cost, rows
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 4, 8, 16])
     parser.add_argument("--funnel", type=int, default=8, help="funnel dimension (0: skip)")
+    parser.add_argument("--flows", nargs="+", default=["coupling"], choices=FLOWS)
+    parser.add_argument("--transformers", nargs="+", default=["rqs"], choices=("rqs", "affine"))
+    parser.add_argument("--cost-only", action="store_true", help="step costs only, no training")
     parser.add_argument("--budget", type=float, default=10.0, help="training seconds per method")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--layers", type=int, default=4)
@@ -168,20 +192,24 @@ def main():
     targets = [gmm_target(d) for d in args.dims]
     if args.funnel:
         targets.append(funnel_target(args.funnel))
-    print("\n| target | fast/reparam cost | slow/fast cost | ms/step reparam, slow, fast |")
-    print("|---|---|---|---|")
+    flows = [f"{kind} {t}" for kind in args.flows for t in args.transformers]
+    print("\n| flow | target | fast/reparam cost | slow/fast cost | ms/step reparam, slow, fast |")
+    print("|---|---|---|---|---|")
     all_rows = []
-    for name, d, log_p in targets:
-        name, cost, rows = run_target(name, d, log_p, args)
-        ms = ", ".join(f"{1e3 * cost[m]:.2f}" for m in METHODS)
-        print(
-            f"| {name} | {cost['fast_path'] / cost['reparam']:.2f} | "
-            f"{cost['slow_path'] / cost['fast_path']:.2f} | {ms} |",
-            flush=True,
-        )
-        all_rows.append((name, rows))
+    for flow_name in flows:
+        for name, d, log_p in targets:
+            cost, rows = run_target(flow_name, d, log_p, args)
+            ms = ", ".join(f"{1e3 * cost[m]:.2f}" for m in METHODS)
+            print(
+                f"| {flow_name} | {name} | {cost['fast_path'] / cost['reparam']:.2f} | "
+                f"{cost['slow_path'] / cost['fast_path']:.2f} | {ms} |",
+                flush=True,
+            )
+            all_rows.append((f"{flow_name}, {name}", rows))
+    if args.cost_only:
+        return
     print(
-        f"\n| target | method | steps in {args.budget:.0f}s | grad variance (trace) "
+        f"\n| flow, target | method | steps in {args.budget:.0f}s | grad variance (trace) "
         "| reverse ESS | mean log w |"
     )
     print("|---|---|---|---|---|---|")
