@@ -37,7 +37,6 @@ from vigrad.flows import (
     sample_and_score,
     slow_score,
 )
-from vigrad.flows.autoregressive import _solve_transposed
 from vigrad.flows.score import path_log_q
 
 jax.config.update("jax_enable_x64", True)
@@ -162,29 +161,24 @@ def _check_fast_equals_slow(flow, num_keys):
 
 
 def test_masked_autoregressive_score_without_the_jacobian():
-    """The one-pass direction's back substitution with two hidden layers and a spline
-    transformer: the score equals the inverse-pass score, and the solve a dense triangular
-    solve."""
+    """The one-pass direction's back substitution (d = 7, two hidden layers, a spline
+    transformer): the score equals the inverse-pass score."""
     layer = MaskedAutoregressive(
         jr.key(3),
         transformer=RationalQuadraticSpline(knots=4, interval=3.0),
         dim=7,
-        nn_width=16,
+        nn_width=8,
         nn_depth=2,
     )
     flow = _perturbed(Transformed(StandardNormal((7,)), layer), seed=4)
-    x, _, score = eqx.filter_jit(sample_and_score)(flow, jr.key(5))
-    assert jnp.allclose(score, slow_score(flow, x), atol=1e-9)
 
-    k1, k2, k3, k4 = jr.split(jr.key(6), 4)
-    for dim in (1, 4, 7, 20):
-        mask = jnp.tril(jnp.ones((dim, dim)), -1)
-        left, right = jr.normal(k1, (dim, 3)), jr.normal(k2, (3, dim))
-        # A strictly lower triangular product, as the masks make it.
-        left, right = left @ right * mask, jnp.eye(dim)
-        diag, v = jnp.exp(jr.normal(k3, (dim,))), jr.normal(k4, (dim,))
-        dense = jnp.linalg.solve((jnp.diag(diag) + left @ right).T, v)
-        assert jnp.allclose(_solve_transposed(diag, left, right, v), dense, atol=1e-10)
+    @eqx.filter_jit
+    def scores(flow, key):
+        x, _, score = sample_and_score(flow, key)
+        return score, slow_score(flow, x)
+
+    fast, slow = scores(flow, jr.key(5))
+    assert jnp.allclose(fast, slow, atol=1e-9)
 
 
 # --- unbiasedness against exact gradients: a linear flow on a Gaussian target ----------------

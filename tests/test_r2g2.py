@@ -337,10 +337,10 @@ def test_per_example_conv_equals_per_example_kernels():
 
     value = _per_example_conv2d(x, parts, strides, padding, R2G2(per_example=True))
     np.testing.assert_allclose(value, conv(x, loc + scale * noise), atol=1e-12)
-    got = jax.grad(layer, argnums=(0, 1, 2))(loc, scale, x)
+    got = jax.jit(jax.grad(layer, argnums=(0, 1, 2)))(loc, scale, x)
     # At the same value: the reference's forward uses eps*, whose outputs equal the draw's.
     np.testing.assert_allclose(conv(x, loc + scale * eps_star), value, atol=1e-10)
-    want = jax.grad(reference, argnums=(0, 1, 2))(loc, scale, x)
+    want = jax.jit(jax.grad(reference, argnums=(0, 1, 2)))(loc, scale, x)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-10)
 
