@@ -3,13 +3,21 @@
 vigrad fit eight_schools --objective dreg --particles 8 --steps 3000
 vigrad fit my_model.py --out results/mine
 vigrad models
+
+JAX, NumPyro and ArviZ are imported inside the commands that use them, so ``--help`` and
+``vigrad models`` answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import math
+import shlex
+import shutil
 import sys
+import textwrap
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -44,8 +52,10 @@ def make_estimator(name: str):
         "enumerate": vigrad.Enumerate,
     }
     if name not in makers:
+        close = difflib.get_close_matches(name, list(makers), n=2)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
         raise VigradError(
-            f"Unknown estimator '{name}'. Choose one of: "
+            f"Unknown estimator '{name}'.{hint} Choose one of: "
             + "; ".join(f"{k} = {v}" for k, v in ESTIMATOR_NAMES.items())
         )
     return makers[name]()
@@ -172,12 +182,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
             for n, e in suggested.items()
         }
     estimators = {**suggested, **parse_estimators(args.estimator)}
-    num_particles = args.particles or zm.num_particles
-    if args.objective != "elbo" and not args.particles:
+    num_particles = zm.num_particles if args.particles is None else args.particles
+    if args.objective != "elbo" and args.particles is None:
         num_particles = max(num_particles, 8)
     objective = make_objective(args.objective, num_particles, estimators, args.alpha)
-    steps = args.steps or zm.steps
-    lr = args.lr or zm.learning_rate
+    steps = zm.steps if args.steps is None else args.steps
+    lr = zm.learning_rate if args.lr is None else args.lr
     data = dict(zm.load_data())
 
     print(f"vigrad fit {zm.name}: {zm.description}")
@@ -248,8 +258,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if zm.reference:
         print("\n".join(_reference_table(zm.reference, posterior)))
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _clear_outputs(Path(args.out), FIT_OUTPUTS)
     summary.to_csv(out / "summary.csv")
     corrected.to_csv(out / "psis_summary.csv")
     idata.to_netcdf(str(out / "inference_data.nc"))
@@ -287,7 +296,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     zm = load_model(args.model)
     data = dict(zm.load_data())
-    num_particles = args.particles or zm.num_particles
+    num_particles = zm.num_particles if args.particles is None else args.particles
     key = jax.random.key(args.seed)
     fit_key, compare_key = jax.random.split(key)
     params = None
@@ -324,13 +333,42 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(selection.comparison)
     print()
     print(selection.report)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "comparison.txt").write_text(f"{selection.comparison}\n\n{selection.report}\n")
+    out = _clear_outputs(Path(args.out), COMPARE_OUTPUTS)
+    command = _fit_command(args, selection.estimators)
+    (out / "comparison.txt").write_text(
+        f"{selection.comparison}\n\n{selection.report}\n\n{command}\n"
+    )
     if not args.no_plots:
         plot_comparison(selection.comparison, out / "comparison.png", title=zm.name)
     print(f"\nwrote {out}/: comparison.txt" + ("" if args.no_plots else ", comparison.png"))
+    print(f"\nTo fit with the chosen estimators:\n{command}")
     return 0
+
+
+def _fit_command(args: argparse.Namespace, chosen: dict) -> str:
+    """The ``vigrad fit`` line that uses ``chosen`` (site -> estimator), ready to paste."""
+    from vigrad.diagnostics.select import estimator_name
+
+    # The CLI's names, keyed by the readable name the comparison gives each candidate.
+    cli_name = {estimator_name(make_estimator(n)): n for n in ESTIMATOR_NAMES}
+    words = ["vigrad", "fit", args.model]
+    if args.particles is not None:
+        words += ["--particles", str(args.particles)]
+    unnamed = []
+    for site, estimator in chosen.items():
+        name = estimator_name(estimator)
+        if name in cli_name:
+            words += ["--estimator", f"{site}={cli_name[name]}"]
+        else:
+            unnamed.append(f"{site}: {name}")
+    line = " ".join(shlex.quote(w) for w in words)
+    if unnamed:
+        line += (
+            "\n(no --estimator name for "
+            + "; ".join(unnamed)
+            + ": set them in the model file's ESTIMATORS)"
+        )
+    return line
 
 
 KERNEL_NAMES = ("sgld", "psgld", "sghmc", "sgldcv", "sgldcv-pre")
@@ -358,7 +396,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         "sgldcv": sgmcmc.SGLDCV,
         "sgldcv-pre": sgmcmc.PreconditionedSGLDCV,
     }
-    kernel = kernels[args.kernel](step_size=args.step_size or 1e-4)
+    # A placeholder when the pilot below chooses the step size.
+    kernel = kernels[args.kernel](step_size=1e-4 if args.step_size is None else args.step_size)
     select_key, sample_key = jax.random.split(jax.random.key(args.seed))
     if args.step_size is None:
         t0 = time.perf_counter()
@@ -410,8 +449,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     print(f"Convergence (every element of every site): {verdict}{result.convergence.message}")
     if zm.reference:
         print("\n".join(_reference_table(zm.reference, posterior)))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _clear_outputs(Path(args.out), SAMPLE_OUTPUTS)
     summary.to_csv(out / "summary.csv")
     idata.to_netcdf(str(out / "inference_data.nc"))
     if not args.no_plots:
@@ -428,10 +466,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from vigrad.zoo import list_models, load_model
+    from vigrad.zoo import describe_model, list_models
 
-    for name in list_models():
-        print(f"{name:<24}{load_model(name).description}")
+    names = list_models()
+    indent = max(map(len, names), default=0) + 2
+    width = max(shutil.get_terminal_size().columns, indent + 40)
+    for name in names:
+        lines = textwrap.wrap(describe_model(name), width - indent) or [""]
+        print(f"{name:<{indent}}{lines[0]}")
+        for line in lines[1:]:
+            print(" " * indent + line)
     return 0
 
 
@@ -442,83 +486,237 @@ def _version() -> str:
         return "(source tree, not installed)"
 
 
+# What each command writes into its --out folder (plots included even with --no-plots, so that
+# an earlier run's plots are never left beside new results).
+FIT_OUTPUTS = (
+    "summary.csv",
+    "psis_summary.csv",
+    "inference_data.nc",
+    "losses.npy",
+    "result.json",
+    "loss.png",
+    "posterior.png",
+)
+COMPARE_OUTPUTS = ("comparison.txt", "comparison.png")
+SAMPLE_OUTPUTS = ("summary.csv", "inference_data.nc", "trace.png", "posterior.png")
+
+
+def _check_outputs(out: Path, names: Sequence[str], overwrite: bool) -> None:
+    """Refuse, before any work, to replace an earlier run's results unless asked to."""
+    existing = [n for n in names if (out / n).exists()]
+    if existing and not overwrite:
+        raise VigradError(
+            f"{out}/ already holds {', '.join(existing)} from an earlier run. Pass --overwrite "
+            "to replace them, or choose another folder with --out."
+        )
+
+
+def _clear_outputs(out: Path, names: Sequence[str]) -> Path:
+    """``out``, created, without the files this run writes (some, such as plots, are optional)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (out / name).unlink(missing_ok=True)
+    return out
+
+
+def _number(kind: type, low: float, strict: bool = False) -> Callable[[str], float]:
+    """An argparse type: a ``kind`` (int or float) at least ``low``, or above it if ``strict``.
+
+    argparse prefixes the message with the option's name, e.g. ``argument --particles: must be an
+    integer >= 1, got '0'``.
+    """
+    noun = "an integer" if kind is int else "a number"
+    bound = f"> {low:g}" if strict else f">= {low:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {noun} {bound}, got '{text}'") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {noun} {bound}, got '{text}'")
+        return value
+
+    parse.__name__ = f"{kind.__name__} {bound}"
+    return parse
+
+
+def _draws(text: str) -> int:
+    value = _number(int, 4)(text)
+    if value % 4:
+        raise argparse.ArgumentTypeError(
+            f"must be a multiple of 4 (the draws are split into 4 pseudo-chains for ArviZ), got "
+            f"'{text}'; use {4 * max(1, round(value / 4))}"
+        )
+    return value
+
+
+def _renyi_alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number other than 1, got '{text}'") from None
+    if not math.isfinite(value) or value == 1.0:
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number other than 1 (alpha = 1 is the ELBO: use --objective elbo), "
+            f"got '{text}'"
+        )
+    return value
+
+
+POSITIVE_INT = _number(int, 1)
+NONNEGATIVE_INT = _number(int, 0)
+POSITIVE_FLOAT = _number(float, 0.0, strict=True)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` after every option whose default is a value.
+
+    Options without one (``None``: the model file decides; flags) say so in their own help.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        no_value = action.default is None or action.default is False or action.default == []
+        if no_value or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _add_output_options(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--out", default=None, help=f"output folder (default: {default})")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results of an earlier run in --out (without it, such a folder is "
+        "refused before any work is done)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-plots", action="store_true", help="write no plots")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vigrad", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="vigrad", description=__doc__.splitlines()[0], formatter_class=_HelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"vigrad {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    fit = sub.add_parser("fit", help="fit a zoo model or a Python file's model and guide")
+    def add(name: str, summary: str, description: str | None = None) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=summary, description=description or summary, formatter_class=_HelpFormatter
+        )
+
+    fit = add("fit", "fit a zoo model or a Python file's model and guide")
     fit.add_argument("model", help="zoo model name (see `vigrad models`) or path to a .py file")
     fit.add_argument(
         "--estimator",
         action="append",
         default=[],
         metavar="SITE=NAME",
-        help=f"estimator for a guide site; NAME in {', '.join(ESTIMATOR_NAMES)} (repeatable)",
+        help=f"estimator for a guide site; NAME in {', '.join(ESTIMATOR_NAMES)} (repeatable; "
+        "default: the model's ESTIMATORS, else Reparam where the site can be reparameterised, "
+        "else Score)",
     )
-    fit.add_argument("--objective", default="elbo", choices=OBJECTIVE_NAMES)
-    fit.add_argument("--alpha", type=float, default=0.5, help="Renyi alpha (--objective renyi)")
-    fit.add_argument("--particles", type=int, default=None, help="particles per step (K)")
-    fit.add_argument("--steps", type=int, default=None)
-    fit.add_argument("--lr", type=float, default=None, help="Adam learning rate")
-    fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--draws", type=int, default=2000, help="guide draws for the summary")
-    fit.add_argument("--out", default=None, help="output folder (default results/MODEL)")
-    fit.add_argument("--no-progress", action="store_true")
-    fit.add_argument("--no-plots", action="store_true")
-    fit.set_defaults(run=cmd_fit)
+    fit.add_argument("--objective", default="elbo", choices=OBJECTIVE_NAMES, help="objective")
+    fit.add_argument(
+        "--alpha", type=_renyi_alpha, default=0.5, help="Renyi alpha (--objective renyi)"
+    )
+    fit.add_argument(
+        "--particles",
+        type=POSITIVE_INT,
+        default=None,
+        help="particles per step K (default: the model's NUM_PARTICLES; at least 8 for "
+        "objectives other than elbo)",
+    )
+    fit.add_argument(
+        "--steps", type=POSITIVE_INT, default=None, help="steps (default: the model's STEPS)"
+    )
+    fit.add_argument(
+        "--lr",
+        type=POSITIVE_FLOAT,
+        default=None,
+        help="Adam learning rate (default: the model's LEARNING_RATE)",
+    )
+    fit.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="random seed")
+    fit.add_argument(
+        "--draws",
+        type=_draws,
+        default=2000,
+        help="guide draws for the summary (a multiple of 4)",
+    )
+    _add_output_options(fit, "results/MODEL")
+    fit.set_defaults(run=cmd_fit, outputs=FIT_OUTPUTS)
 
-    compare = sub.add_parser(
-        "compare", help="measure each candidate estimator per guide site and pick the best"
+    compare = add(
+        "compare",
+        "measure each candidate estimator per guide site and pick the best",
+        "Measure each candidate estimator per guide site, pick the one with the lowest "
+        "variance x time, and print the `vigrad fit` command that uses the choices.",
     )
     compare.add_argument("model", help="zoo model name or path to a .py file")
-    compare.add_argument("--particles", type=int, default=None, help="particles per estimate")
     compare.add_argument(
-        "--samples", type=int, default=256, help="gradient estimates per candidate"
+        "--particles",
+        type=POSITIVE_INT,
+        default=None,
+        help="particles per estimate (default: the model's NUM_PARTICLES)",
+    )
+    compare.add_argument(
+        "--samples", type=_number(int, 2), default=256, help="gradient estimates per candidate"
     )
     compare.add_argument(
         "--warmup-steps",
-        type=int,
+        type=NONNEGATIVE_INT,
         default=300,
-        help="fit steps before measuring (0: initial guide)",
+        help="fit steps before measuring (0: the initial guide)",
     )
-    compare.add_argument("--seed", type=int, default=0)
-    compare.add_argument("--out", default=None, help="output folder (default results/MODEL)")
-    compare.add_argument("--no-progress", action="store_true")
-    compare.add_argument("--no-plots", action="store_true")
-    compare.set_defaults(run=cmd_compare)
+    compare.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="random seed")
+    _add_output_options(compare, "results/MODEL")
+    compare.set_defaults(run=cmd_compare, outputs=COMPARE_OUTPUTS)
 
-    smp = sub.add_parser("sample", help="stochastic-gradient MCMC on a zoo model")
+    smp = add("sample", "stochastic-gradient MCMC on a zoo model")
     smp.add_argument("model", help="zoo model name or path to a .py file (needs DATA_PLATE)")
-    smp.add_argument("--kernel", default="sgld", choices=KERNEL_NAMES)
+    smp.add_argument("--kernel", default="sgld", choices=KERNEL_NAMES, help="SG-MCMC kernel")
     smp.add_argument(
         "--step-size",
-        type=float,
+        type=POSITIVE_FLOAT,
         default=None,
         help="epsilon in theta += eps/2 grad + N(0, eps) (default: chosen by a pilot run, "
         "the smallest kernel Stein discrepancy over 1e-8..1)",
     )
-    smp.add_argument("--samples", type=int, default=5000, help="steps per chain after warm-up")
-    smp.add_argument("--warmup", type=int, default=1000)
-    smp.add_argument("--batch-size", type=int, default=64)
-    smp.add_argument("--chains", type=int, default=4)
-    smp.add_argument("--thinning", type=int, default=5)
-    smp.add_argument("--seed", type=int, default=0)
-    smp.add_argument("--out", default=None, help="output folder (default results/MODEL)")
-    smp.add_argument("--no-progress", action="store_true")
-    smp.add_argument("--no-plots", action="store_true")
-    smp.set_defaults(run=cmd_sample)
+    smp.add_argument(
+        "--samples", type=POSITIVE_INT, default=5000, help="steps per chain after warm-up"
+    )
+    smp.add_argument("--warmup", type=NONNEGATIVE_INT, default=1000, help="warm-up steps")
+    smp.add_argument(
+        "--batch-size", type=POSITIVE_INT, default=64, help="observations per gradient"
+    )
+    smp.add_argument("--chains", type=POSITIVE_INT, default=4, help="independent chains")
+    smp.add_argument(
+        "--thinning", type=POSITIVE_INT, default=5, help="keep every n-th step (at most --samples)"
+    )
+    smp.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="random seed")
+    _add_output_options(smp, "results/MODEL/KERNEL")
+    smp.set_defaults(run=cmd_sample, outputs=SAMPLE_OUTPUTS)
 
-    models = sub.add_parser("models", help="list the zoo models")
-    models.set_defaults(run=cmd_models)
+    models = add("models", "list the zoo models")
+    models.set_defaults(run=cmd_models, outputs=())
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "sample" and args.thinning > args.samples:
+        parser.error(
+            f"argument --thinning: must be at most --samples ({args.samples}), got "
+            f"{args.thinning}: no draw would be kept"
+        )
     if getattr(args, "out", "") is None:
-        args.out = str(Path("results") / Path(args.model).stem)
+        default = Path("results") / Path(args.model).stem
+        args.out = str(default / args.kernel if args.command == "sample" else default)
     try:
+        if args.outputs:
+            _check_outputs(Path(args.out), args.outputs, args.overwrite)
         return args.run(args)
     except VigradError as err:
         print(f"vigrad: error: {err}", file=sys.stderr)

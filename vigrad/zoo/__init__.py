@@ -7,18 +7,20 @@ A zoo file is an ordinary Python module exposing:
 * ``load_data()``: returns the model's keyword arguments (small bundled or generated data);
 * optionally ``ESTIMATORS`` (a mapping from guide site to estimator), ``NUM_PARTICLES``, ``STEPS``,
   ``LEARNING_RATE``, ``DATA_PLATE`` (the name of the plate over observations, for SG-MCMC
-  minibatching), ``SGMCMC_STEP_SIZE`` (a step size that mixes for ``vigrad sample``) and
-  ``REFERENCE`` (a JSON file beside it with the reference posterior: per site
+  minibatching) and ``REFERENCE`` (a JSON file beside it with the reference posterior: per site
   ``{"mean": [...], "sd": [...]}`` from a long NUTS run, written by ``scripts/make_references.py``).
 
 The zoo's files live in ``vigrad/zoo/models/`` (``models_dir()``; ``$VIGRAD_MODELS`` points the
 zoo at another folder) with their data in ``data/`` and reference posteriors in ``reference/``.
 They are loaded by path, not imported as vigrad modules, so a user's own file works the same.
+``vigrad sample`` chooses its step size with a pilot run per kernel, so a file declares none.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
 import importlib.util
 import json
 import os
@@ -29,7 +31,7 @@ from typing import Any
 
 from vigrad.errors import VigradError
 
-__all__ = ["ZooModel", "list_models", "load_model", "models_dir"]
+__all__ = ["ZooModel", "describe_model", "list_models", "load_model", "models_dir"]
 
 
 def models_dir() -> Path:
@@ -55,7 +57,6 @@ class ZooModel:
     steps: int
     learning_rate: float
     data_plate: str | None
-    sgmcmc_step_size: float | None
     reference_path: Path | None
     reference: dict[str, Any] | None
 
@@ -77,6 +78,39 @@ def _import_file(name: str, path: Path):
     return module
 
 
+def _model_path(name_or_path: str | os.PathLike) -> Path:
+    """The file of a zoo model name or a path, with the nearest zoo names when a name is unknown."""
+    text = str(name_or_path)
+    if text.endswith(".py") or os.sep in text:
+        path = Path(text)
+        if not path.is_file():
+            raise VigradError(f"No model file at '{path}'.")
+        return path
+    path = models_dir() / f"{text}.py"
+    if not path.is_file():
+        names = list_models()
+        close = difflib.get_close_matches(text, names, n=3)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        raise VigradError(
+            f"Unknown model '{text}'.{hint} Zoo models: {', '.join(names) or '(none found)'}; "
+            "or pass the path of a Python file that defines model, guide and load_data()."
+        )
+    return path
+
+
+def describe_model(name_or_path: str | os.PathLike) -> str:
+    """The first line of a model file's docstring, read without running the file.
+
+    Listing the zoo this way (``vigrad models``) imports neither JAX nor NumPyro.
+
+    Raises:
+        VigradError: as :func:`load_model`, for an unknown name or a missing file.
+    """
+    path = _model_path(name_or_path)
+    doc = ast.get_docstring(ast.parse(path.read_text(), str(path)))
+    return (doc or path.stem).strip().splitlines()[0]
+
+
 def load_model(name_or_path: str | os.PathLike) -> ZooModel:
     """Load a zoo model by name (``"eight_schools"``) or a user's file by path (``"my_model.py"``).
 
@@ -84,18 +118,7 @@ def load_model(name_or_path: str | os.PathLike) -> ZooModel:
         VigradError: the name is not in the zoo, the file does not exist, or it lacks ``model``,
             ``guide`` or ``load_data``.
     """
-    text = str(name_or_path)
-    if text.endswith(".py") or os.sep in text:
-        path = Path(text)
-        if not path.is_file():
-            raise VigradError(f"No model file at '{path}'.")
-    else:
-        path = models_dir() / f"{text}.py"
-        if not path.is_file():
-            raise VigradError(
-                f"Unknown model '{text}'. Zoo models: {', '.join(list_models()) or '(none found)'}; "
-                "or pass the path of a Python file that defines model, guide and load_data()."
-            )
+    path = _model_path(name_or_path)
     module = _import_file(path.stem, path)
     missing = [a for a in ("model", "guide", "load_data") if not hasattr(module, a)]
     if missing:
@@ -118,7 +141,6 @@ def load_model(name_or_path: str | os.PathLike) -> ZooModel:
         steps=int(getattr(module, "STEPS", 2000)),
         learning_rate=float(getattr(module, "LEARNING_RATE", 1e-2)),
         data_plate=getattr(module, "DATA_PLATE", None),
-        sgmcmc_step_size=getattr(module, "SGMCMC_STEP_SIZE", None),
         reference_path=ref_path,
         reference=reference,
     )

@@ -51,5 +51,4 @@ guide = AutoMultivariateNormal(model)
 STEPS = 2000
 LEARNING_RATE = 2e-2
 DATA_PLATE = "data"
-SGMCMC_STEP_SIZE = 1e-4
 REFERENCE = "reference/federated_logistic_regression.json"

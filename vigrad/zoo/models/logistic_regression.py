@@ -35,5 +35,4 @@ NUM_PARTICLES = 1
 STEPS = 3000
 LEARNING_RATE = 1e-2
 DATA_PLATE = "data"
-SGMCMC_STEP_SIZE = 3e-3
 REFERENCE = "reference/logistic_regression.json"
