@@ -319,7 +319,12 @@ def _run_info(
     leaves = jax.tree_util.tree_flatten_with_path(opt_state)[0]
     return {
         "function": "vigrad.fit",
-        "params": {n: array_summary(params_u[n]) for n in sorted(params_u)},
+        # A parameter may be a pytree (an ``eqx_module``'s weights): one entry per leaf.
+        "params": {
+            n + jax.tree_util.keystr(path): array_summary(x)
+            for n in sorted(params_u)
+            for path, x in jax.tree_util.tree_flatten_with_path(params_u[n])[0]
+        },
         "constraints": {n: describe(cons[n]) for n in sorted(cons)},
         "objective": describe(objective),
         "optimizer": describe(optimizer),
