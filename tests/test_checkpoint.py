@@ -30,7 +30,7 @@ from vigrad.infer.checkpoint import load_checkpoint, save_checkpoint
 X = jnp.array([0.5, 1.2, -0.3, 2.0, 0.9, 1.4])
 OBJECTIVE = vigrad.ELBO(num_particles=8, estimators={"mu": vigrad.PathGradient()})
 OPTIMIZER = optax.adam(0.05)
-fit_module = importlib.import_module("vigrad.infer.fit")
+driver_module = importlib.import_module("vigrad.infer.driver")
 sample_module = importlib.import_module("vigrad.sgmcmc.sample")
 
 
@@ -102,7 +102,7 @@ def saved_fit(tmp_path_factory):
 
 def test_fit_resumed_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, full_fit):
     path = tmp_path / "ckpt.npz"
-    interrupt_after(monkeypatch, fit_module, saves=3)
+    interrupt_after(monkeypatch, driver_module, saves=3)
     with pytest.raises(Interrupted):
         run(300, checkpoint_path=path)
     monkeypatch.undo()

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,9 +24,8 @@ from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 from numpyro.handlers import replay, seed, trace
 
-from vigrad.infer.checkpoint import resume_checkpoint, save_checkpoint
 from vigrad.infer.describe import array_summary, describe
-from vigrad.infer.progress import ChunkProgress
+from vigrad.infer.driver import Checkpointing, Step, default_chunk_size, run_chunks
 from vigrad.infer.static import join_static, split_static
 from vigrad.objectives.base import Objective
 
@@ -122,18 +120,24 @@ def _setup(params_u: dict, cons: tuple, optimizer: optax.GradientTransformation)
     return _constrain(params_u, cons), optimizer.init(params_u)
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled_chunk(
+class _Out(NamedTuple):
+    loss: jax.Array
+    finite: jax.Array
+
+
+def _fit_step(
     model: Callable,
     guide: Callable,
     objective: Objective,
     optimizer: optax.GradientTransformation,
     static_key: tuple,
     cons: tuple,
-    num_steps: int,
-) -> Callable:
-    def step(carry, t, base_key, dynamic):
-        params_u, opt_state, obj_state, bad_step = carry
+) -> Step:
+    """One optimisation step on ``carry = (params_u, opt_state, obj_state)``."""
+
+    def step(carry, t, consts, x):
+        params_u, opt_state, obj_state = carry
+        base_key, dynamic = consts
         args, kwargs = join_static(dynamic, static_key)
         key = jax.random.fold_in(base_key, t)
 
@@ -147,17 +151,9 @@ def _compiled_chunk(
         )
         updates, new_opt_state = optimizer.update(grads, opt_state, params_u)
         new_params = optax.apply_updates(params_u, updates)
-        # Only the first bad step is recorded; the carry is not masked, which would cost a select
-        # per parameter per step. ``fit`` recovers the last finite state by replaying the chunk up
-        # to that step, which is exact because step t always uses fold_in(base_key, t).
-        bad_step = jnp.where(~finite & (bad_step < 0), t, bad_step)
-        return (new_params, new_opt_state, new_obj_state, bad_step), loss
+        return (new_params, new_opt_state, new_obj_state), _Out(loss, finite)
 
-    def chunk(carry, start, base_key, dynamic):
-        body = lambda c, t: step(c, t, base_key, dynamic)
-        return jax.lax.scan(body, carry, start + jnp.arange(num_steps, dtype=jnp.int32))
-
-    return jax.jit(chunk)
+    return Step(step, lambda carry, out: out.finite)
 
 
 def fit(
@@ -210,7 +206,7 @@ def fit(
         raise TypeError(
             f"fit() needs a vigrad objective such as vigrad.ELBO(), got {type(objective).__name__}"
         )
-    chunk_size = int(chunk_size or max(1, math.ceil(num_steps / 20)))
+    chunk_size = int(chunk_size or default_chunk_size(num_steps))
     dynamic, static_key = split_static(args, kwargs)
     init_key, base_key = jax.random.split(rng_key)
 
@@ -224,67 +220,38 @@ def fit(
     # Traced once with the concrete data: every site check (and the NaN-in-data check) runs here,
     # before anything is compiled.
     obj_state = objective.init_state(init_key, params, model, guide, *args, **kwargs)
-    start, losses = 0, []
-
-    run_info = None
+    checkpointing = None
     if checkpoint_path is not None:
         run_info = _run_info(params_u, cons, objective, optimizer, opt_state, rng_key, init_values)
         run_info["num_steps"] = num_steps
-    saved = resume_checkpoint(
-        checkpoint_path,
-        resume,
-        {
-            "params": params_u,
-            "opt_state": opt_state,
-            "state": obj_state,
-            "step": 0,
-            "base_key": base_key,
-        },
-        run_info,
+        checkpointing = Checkpointing(
+            checkpoint_path,
+            run_info,
+            pack=_pack,
+            unpack=_unpack,
+            to_history=lambda out: {"losses": out.loss},
+            from_history=lambda h: _Out(h["losses"], np.ones(h["losses"].shape, bool)),
+            resume=resume,
+        )
+    elif resume not in (False, True, "extend"):
+        raise ValueError(f"resume must be True, False or 'extend', got {resume!r}")
+
+    config = ("vigrad.fit", model, guide, objective, optimizer, static_key, cons_key)
+    build = functools.partial(_fit_step, model, guide, objective, optimizer, static_key, cons_key)
+    result = run_chunks(
+        config,
+        build,
+        (params_u, opt_state, obj_state),
+        (base_key, dynamic),
+        num_steps,
+        chunk_size,
+        progress_bar=progress_bar,
+        summary=lambda out: {"loss": float(np.mean(out.loss))},
+        checkpointing=checkpointing,
     )
-    if saved is not None:
-        params_u, opt_state, obj_state = (saved.state[k] for k in ("params", "opt_state", "state"))
-        start, base_key = saved.state["step"], saved.state["base_key"]
-        losses = [saved.history["losses"]]
 
-    carry = (params_u, opt_state, obj_state, jnp.array(-1, jnp.int32))
-    diverged_at = None
-    step = start
-    with ChunkProgress(num_steps, initial=start, enabled=progress_bar) as progress:
-        while step < num_steps:
-            n = min(chunk_size, num_steps - step)
-            run = _compiled_chunk(model, guide, objective, optimizer, static_key, cons_key, n)
-            new_carry, chunk_losses = run(carry, jnp.asarray(step, jnp.int32), base_key, dynamic)
-            bad = int(new_carry[3])
-            chunk_losses = np.asarray(chunk_losses)
-            if bad >= 0:
-                losses.append(chunk_losses[: bad - step])
-                diverged_at = bad
-                if bad > step:
-                    replay = _compiled_chunk(
-                        model, guide, objective, optimizer, static_key, cons_key, bad - step
-                    )
-                    carry, _ = replay(carry, jnp.asarray(step, jnp.int32), base_key, dynamic)
-                break
-            carry = new_carry
-            losses.append(chunk_losses)
-            step += n
-            progress.update(n, loss=float(np.mean(chunk_losses)))
-            if checkpoint_path is not None:
-                save_checkpoint(
-                    checkpoint_path,
-                    {
-                        "params": carry[0],
-                        "opt_state": carry[1],
-                        "state": carry[2],
-                        "step": step,
-                        "base_key": base_key,
-                    },
-                    run_info,
-                    history={"losses": np.concatenate(losses)},
-                )
-
-    params_u, opt_state, obj_state, _ = carry
+    params_u, opt_state, obj_state = result.carry
+    diverged_at = result.bad_step
     message = None
     if diverged_at is not None:
         message = (
@@ -293,7 +260,7 @@ def fit(
             "smaller learning rate, more particles, or check the model for invalid values."
         )
         warnings.warn(message, NonFiniteLossWarning, stacklevel=2)
-    all_losses = np.concatenate(losses) if losses else np.zeros((0,))
+    all_losses = np.zeros((0,)) if result.outputs is None else result.outputs.loss
     return FitResult(
         params=_setup(params_u, cons_key, optimizer)[0],
         unconstrained_params=params_u,
@@ -304,6 +271,22 @@ def fit(
         diverged_at=diverged_at,
         message=message,
     )
+
+
+def _pack(carry: tuple, consts: tuple, step: int) -> dict:
+    params_u, opt_state, obj_state = carry
+    return {
+        "params": params_u,
+        "opt_state": opt_state,
+        "state": obj_state,
+        "step": step,
+        "base_key": consts[0],
+    }
+
+
+def _unpack(state: dict, consts: tuple) -> tuple:
+    carry = (state["params"], state["opt_state"], state["state"])
+    return carry, (state["base_key"], consts[1]), state["step"]
 
 
 def _run_info(

@@ -1,0 +1,270 @@
+"""One chunked run driver for every iterative algorithm in vigrad (the fit loop, SG-MCMC).
+
+A run iterates a pure step ``step(carry, t, consts, x) -> (carry, out)`` for ``t = start, ...,
+stop - 1``. ``consts`` are arrays fixed for the run (data, keys); ``x`` is step ``t``'s slice of the
+chunk's *feed* (streamed minibatches, see :func:`run_chunks`), ``None`` without one. Steps run on the
+device in compiled chunks; between chunks the host shows progress, checks for divergence and writes
+a checkpoint.
+
+The chunk's trip count ``n`` is a traced argument and its per-step outputs go into a buffer of
+static size (the chunk size), so the first chunk, a short last one and the replay after a
+divergence share one compilation. Compiled chunks are cached on a hashable *static configuration*
+chosen by the caller (the model, objective, optimiser, kernel, static arguments): a second run with
+the same configuration and the same array shapes compiles nothing.
+
+A step that makes ``finite(carry, out)`` false anywhere is recorded (the first one only, with the
+mask ``finite`` returned there) without masking the carry, which would cost a select per array per
+step. The driver then replays the chunk from its start up to that step, which gives the exact last
+finite state because step ``t`` depends only on the carry, ``t`` and the constants, never on how
+the run is cut into chunks.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Collection, Hashable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vigrad.infer.checkpoint import resume_checkpoint, save_checkpoint
+from vigrad.infer.progress import ChunkProgress
+
+CACHE_SIZE = 64
+"""Compiled chunk functions kept; the least recently used one is dropped past this."""
+
+
+class Step(NamedTuple):
+    """A run's pure step and its divergence test, as a builder returns them.
+
+    Attributes:
+        step: ``step(carry, t, consts, x) -> (carry, out)``; ``t`` is an ``int32`` scalar.
+        finite: ``finite(carry, out) -> bool array`` after a step, false where it diverged (its
+            shape is the caller's: a scalar, or one entry per chain); ``None`` checks nothing.
+    """
+
+    step: Callable
+    finite: Callable | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpointing:
+    """How a run's state goes into and comes out of a checkpoint (:mod:`vigrad.infer.checkpoint`).
+
+    Attributes:
+        path: the checkpoint file, written after every chunk by process 0.
+        run: the run's description; resuming checks that it is unchanged.
+        pack: ``pack(carry, consts, step) -> state``, the pytree written.
+        unpack: ``unpack(state, consts) -> (carry, consts, step)``, its inverse; ``consts`` are
+            this call's, for what the checkpoint does not hold (the data).
+        to_history: the outputs so far (step axis first) as named arrays.
+        from_history: the inverse of ``to_history``.
+        resume: ``True``, ``False`` or ``"extend"``, as :func:`resume_checkpoint` takes it.
+        extendable: entries of ``run`` that may differ with ``resume="extend"``.
+        host_state: ``host_state(state) -> state`` whose arrays every process can read (an
+            all-gather across processes); the identity on one process.
+    """
+
+    path: str | os.PathLike
+    run: dict
+    pack: Callable
+    unpack: Callable
+    to_history: Callable
+    from_history: Callable
+    resume: bool | str = False
+    extendable: Collection[str] = ("num_steps",)
+    host_state: Callable = lambda state: state
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What :func:`run_chunks` returns.
+
+    Attributes:
+        carry: the state after the last finite step.
+        consts: the constants (restored from the checkpoint when the run resumed).
+        outputs: per-step outputs of the finite steps with the step axis first (every
+            ``thinning``-th step, the last of each group), a resumed run's included; ``None`` if
+            no step has an output yet.
+        step: steps completed (the first non-finite one excluded).
+        bad_step: the first step where ``finite`` was false, or ``None``.
+        bad_mask: ``finite``'s value at that step, or ``None``.
+    """
+
+    carry: Any
+    consts: Any
+    outputs: Any
+    step: int
+    bad_step: int | None = None
+    bad_mask: np.ndarray | None = None
+
+
+_CHUNKS: collections.OrderedDict[Hashable, Callable] = collections.OrderedDict()
+
+
+def compiled_chunk(config: Hashable, build: Callable[[], Step]) -> Callable:
+    """The jitted chunk for a static configuration, built with ``build()`` on a cache miss.
+
+    ``config`` must determine the step completely (everything ``build`` closes over that is not an
+    array passed at run time), and is compared by ``==``: include a name for the algorithm.
+    """
+    try:
+        hash(config)
+    except TypeError as err:
+        raise TypeError(
+            f"the run's static configuration must be hashable to cache its compilation ({err}); "
+            "pass arrays as arguments rather than closing over them"
+        ) from None
+    if config in _CHUNKS:
+        _CHUNKS.move_to_end(config)
+        return _CHUNKS[config]
+    if len(_CHUNKS) >= CACHE_SIZE:
+        _CHUNKS.popitem(last=False)
+    _CHUNKS[config] = chunk = _jit_chunk(build())
+    return chunk
+
+
+def _jit_chunk(fns: Step) -> Callable:
+    step, finite = fns
+
+    def chunk(carry, consts, feed, start, n, size, thinning):
+        first_x = None if feed is None else jax.tree.map(lambda a: a[0], feed)
+        shapes = jax.eval_shape(step, carry, start, consts, first_x)
+        slots = -(-size // thinning)
+        buffer = jax.tree.map(lambda o: jnp.zeros((slots, *o.shape), o.dtype), shapes[1])
+        if finite is None:
+            mask = jnp.ones((), bool)
+        else:
+            mask_shape = jax.eval_shape(finite, *shapes)
+            mask = jnp.ones(mask_shape.shape, bool)
+
+        def body(j, loop):
+            carry, buffer, bad, mask = loop
+            t = start + j
+            x = None if feed is None else jax.tree.map(lambda a: a[j], feed)
+            carry, out = step(carry, t, consts, x)
+            # The slot j // thinning is overwritten until the last step of its group.
+            buffer = jax.tree.map(
+                lambda b, o: jax.lax.dynamic_update_index_in_dim(b, o, j // thinning, 0),
+                buffer,
+                out,
+            )
+            if finite is not None:
+                ok = finite(carry, out)
+                first = (bad < 0) & ~jnp.all(ok)
+                bad = jnp.where(first, t, bad)
+                mask = jnp.where(first, ok, mask)
+            return carry, buffer, bad, mask
+
+        init = (carry, buffer, jnp.array(-1, jnp.int32), mask)
+        return jax.lax.fori_loop(0, n, body, init)
+
+    return jax.jit(chunk, static_argnums=(5, 6))
+
+
+def _concat(parts: list) -> Any:
+    if not parts:
+        return None
+    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *parts)
+
+
+def run_chunks(
+    config: Hashable,
+    build: Callable[[], Step],
+    carry: Any,
+    consts: Any,
+    stop: int,
+    chunk_size: int,
+    *,
+    start: int = 0,
+    thinning: int = 1,
+    feed: Callable[[int, int], Any] | None = None,
+    progress_bar: bool = True,
+    desc: str = "vigrad",
+    summary: Callable[[Any], dict[str, float]] | None = None,
+    checkpointing: Checkpointing | None = None,
+) -> RunResult:
+    """Run steps ``start, ..., stop - 1`` in compiled chunks of ``chunk_size`` steps.
+
+    Args:
+        config, build: the step's static configuration and its builder (:func:`compiled_chunk`).
+        carry: the state before step ``start`` (a pytree of arrays, sharded as the caller wants).
+        consts: arrays fixed for the run, passed to every step.
+        stop: the step to stop before.
+        chunk_size: steps per compiled chunk; progress, divergence checks and checkpoints happen
+            between chunks. With ``thinning``, a multiple of it.
+        start: the first step (0, or where a resumed checkpoint left off).
+        thinning: keep the output of every ``thinning``-th step (the last of each group, counted
+            from ``start``); the others are never copied off the device.
+        feed: ``feed(step, n) -> pytree`` of arrays with a leading axis of ``chunk_size``: the
+            inputs of steps ``step, ..., step + n - 1`` in its first ``n`` rows (the rest padding),
+            produced on the host and transferred once per chunk.
+        progress_bar, desc: show a progress bar (updated after each chunk) with this label.
+        summary: ``summary(outputs of a chunk) -> {name: value}`` shown on the progress bar.
+        checkpointing: save after every chunk and resume as it says.
+
+    Returns:
+        A :class:`RunResult`. After a non-finite step the run stops with the state before it.
+    """
+    if chunk_size < 1 or chunk_size % thinning:
+        raise ValueError(
+            f"chunk_size={chunk_size} must be a positive multiple of thinning={thinning}"
+        )
+    parts = []
+    if checkpointing is not None:
+        c = checkpointing
+        template = c.pack(carry, consts, start)
+        saved = resume_checkpoint(c.path, c.resume, template, c.run, c.extendable)
+        if saved is not None:
+            carry, consts, start = c.unpack(saved.state, consts)
+            if saved.history:
+                parts.append(c.from_history(saved.history))
+    run = compiled_chunk(config, build)
+    step, bad = start, -1
+    with ChunkProgress(stop, initial=start, desc=desc, enabled=progress_bar) as progress:
+        while step < stop:
+            n = min(chunk_size, stop - step)
+            x = None if feed is None else feed(step, n)
+            first = jnp.asarray(step, jnp.int32)
+            new_carry, buffer, bad, mask = run(
+                carry, consts, x, first, jnp.asarray(n, jnp.int32), chunk_size, thinning
+            )
+            bad = int(bad)
+            if bad >= 0:
+                if bad > step:
+                    count = jnp.asarray(bad - step, jnp.int32)
+                    carry = run(carry, consts, x, first, count, chunk_size, thinning)[0]
+                parts.append(_head(buffer, (bad - step) // thinning))
+                break
+            carry = new_carry
+            parts.append(_head(buffer, n // thinning))
+            step += n
+            progress.update(n, **(summary(parts[-1]) if summary is not None else {}))
+            if checkpointing is not None:
+                _save(checkpointing, carry, consts, step, _concat(parts))
+    if bad >= 0:
+        return RunResult(carry, consts, _concat(parts), bad, bad, np.asarray(mask))
+    return RunResult(carry, consts, _concat(parts), step)
+
+
+def _head(buffer: Any, k: int) -> Any:
+    """The first ``k`` slots of a chunk's output buffer, on the host."""
+    return jax.tree.map(lambda b: np.asarray(b)[:k], buffer)
+
+
+def _save(c: Checkpointing, carry: Any, consts: Any, step: int, outputs: Any) -> None:
+    """Write the checkpoint once, from process 0, with every process's shards gathered."""
+    state = c.host_state(c.pack(carry, consts, step))
+    if jax.process_index() == 0:
+        history = c.to_history(outputs) if outputs is not None else {}
+        save_checkpoint(c.path, state, c.run, history=history)
+
+
+def default_chunk_size(num_steps: int) -> int:
+    """A twentieth of the run: progress is shown and checkpoints are written 20 times."""
+    return max(1, math.ceil(num_steps / 20))
