@@ -532,3 +532,67 @@ def test_check_declared_maps_finds_use_outside_the_map():
     check_declared_maps(weight_model, weight_guide, XW, YW, estimators={"W": R2G2()})
     check_declared_maps(latent_model, latent_guide, YV, estimators={"v": R2G2()})
     check_declared_maps(coupled_model, weight_guide, XW, YW)
+
+
+def test_declarations_live_on_their_own_trace():
+    """What R2-G2 records about a site lives on the particle's guide trace: a failed trace leaves
+    nothing behind, and a trace run inside another's model sees only its own sites."""
+    from numpyro.handlers import block
+
+    from vigrad.objectives.particles import guide_site
+
+    def failing_model(x, y):
+        weight_model(x, y)
+        raise RuntimeError("the model failed after its declared map")
+
+    for _ in range(3):
+        with pytest.raises(RuntimeError, match="model failed"):
+            _loss(failing_model, weight_guide, XW, YW, estimators={"W": R2G2()})
+    assert guide_site("W") is None
+    expected = _loss(weight_model, weight_guide, XW, YW, estimators={"W": R2G2()})
+
+    inner = []
+
+    def outer_model(x, y):
+        # A whole particle of the same model and site names traced inside this one's model.
+        inner.append(
+            block(lambda: _loss(weight_model, weight_guide, x, y, estimators={"W": R2G2()}))()
+        )
+        weight_model(x, y)
+
+    outer = _loss(outer_model, weight_guide, XW, YW, estimators={"W": R2G2()})
+    np.testing.assert_allclose(inner[0], expected)
+    np.testing.assert_allclose(outer, expected)
+
+
+def test_no_module_level_mutable_state():
+    """Estimators, particles, vigrad.nn, the registries and the tracing helper keep no mutable
+    module-level objects: what one trace records cannot leak into another."""
+    import importlib
+    import pkgutil
+    import types
+
+    import vigrad.estimators
+    import vigrad.nn
+
+    names = [
+        f"vigrad.estimators.{m.name}" for m in pkgutil.iter_modules(vigrad.estimators.__path__)
+    ]
+    names += [f"vigrad.nn.{m.name}" for m in pkgutil.iter_modules(vigrad.nn.__path__)]
+    names += ["vigrad.objectives.particles"]
+    names += [f"vigrad.diagnostics.{m}" for m in ("select", "gradients", "psis")]
+    mutable = []
+    for name in names:
+        module = importlib.import_module(name)
+        for attr, value in vars(module).items():
+            if attr.startswith("__") or isinstance(value, types.ModuleType):
+                continue
+            if isinstance(value, dict | list | set | bytearray):
+                mutable.append(f"{name}.{attr}")
+            elif isinstance(value, type) and value.__module__ == name:
+                mutable += [
+                    f"{name}.{attr}.{a}"
+                    for a, v in vars(value).items()
+                    if not a.startswith("_") and isinstance(v, dict | list | set)
+                ]
+    assert mutable == []

@@ -59,6 +59,15 @@ class Estimator:
         """The ``log q`` term of the site, differentiable along the estimator's chosen path."""
         return log_prob(fn, value)
 
+    def finish(self, site: dict) -> None:
+        """Raise :class:`~vigrad.errors.EstimatorError` if the particle did not use the site as
+        this estimator needs; called with the guide's site record once the model has run on it.
+
+        The record's ``infer`` dict carries what the draw recorded (``vigrad_estimator``,
+        ``vigrad_extras``) and what model-side helpers added while the model ran, so an
+        estimator's book-keeping lives on the trace it serves and ends with it.
+        """
+
 
 def require_rsample(estimator: Estimator, site_name: str, fn: Any) -> None:
     """Shared check for pathwise estimators: the distribution must be reparameterisable."""

@@ -64,12 +64,29 @@ _NON_DIAGONAL = (
 )
 
 
-def gaussian_parts(estimator: Estimator, site_name: str, fn: Any) -> tuple[jax.Array, jax.Array]:
-    """``(loc, scale)`` of a mean-field Gaussian site, each with the site's shape, or an error."""
-    name = type(estimator).__name__
+MAP_USES = "vigrad_map_uses"
+"""Key of ``site["infer"]`` under which the model-side maps of :mod:`vigrad.nn` count how many
+declared maps consumed the site in the particle being scored (the count lives on that particle's
+guide trace, so nothing outlives the trace)."""
+
+
+def _mean_field_base(fn: Any) -> Any:
     base = fn
     while isinstance(base, dist.Independent | dist.ExpandedDistribution):
         base = base.base_dist
+    return base
+
+
+def _loc_scale(fn: Any) -> tuple[jax.Array, jax.Array]:
+    base = _mean_field_base(fn)
+    shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
+    return jnp.broadcast_to(base.loc, shape), jnp.broadcast_to(base.scale, shape)
+
+
+def gaussian_parts(estimator: Estimator, site_name: str, fn: Any) -> tuple[jax.Array, jax.Array]:
+    """``(loc, scale)`` of a mean-field Gaussian site, each with the site's shape, or an error."""
+    name = type(estimator).__name__
+    base = _mean_field_base(fn)
     if isinstance(base, _NON_DIAGONAL):
         raise EstimatorError(
             f"{name}() cannot serve site '{site_name}': {type(base).__name__} has a non-diagonal "
@@ -83,50 +100,7 @@ def gaussian_parts(estimator: Estimator, site_name: str, fn: Any) -> tuple[jax.A
             f"{'' if base is fn else f' of {type(base).__name__}'}. Use vigrad.Reparam() or "
             "vigrad.PathGradient() for this site."
         )
-    shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
-    return jnp.broadcast_to(base.loc, shape), jnp.broadcast_to(base.scale, shape)
-
-
-class _Declaration:
-    """Book-keeping for one drawn site: its name and how many maps the model declared on it."""
-
-    def __init__(self, site_name: str | None, estimator: Estimator):
-        self.site_name = site_name
-        self.estimator = estimator
-        self.uses = 0
-
-
-# Each drawn value (a tracer while tracing) -> its declaration, until ``log_q`` of the site is taken,
-# which the objective does after running the model: an undeclared site is found then.
-_DECLARATIONS: dict[int, tuple[jax.Array, _Declaration]] = {}
-# ``check`` runs just before ``draw`` for the same site, and only ``check`` is told the site's name.
-_LAST_CHECKED: list[str | None] = [None]
-
-
-def _register(value: jax.Array, declaration: _Declaration) -> None:
-    _DECLARATIONS[id(value)] = (value, declaration)
-
-
-def declaration_of(value: jax.Array) -> _Declaration | None:
-    """The declaration of a drawn value (internal; used by :mod:`vigrad.nn`)."""
-    entry = _DECLARATIONS.get(id(value))
-    if entry is None or entry[0] is not value:
-        return None
-    return entry[1]
-
-
-def _finish(value: jax.Array) -> None:
-    declaration = declaration_of(value)
-    _DECLARATIONS.pop(id(value), None)
-    if declaration is not None and declaration.uses == 0:
-        name = type(declaration.estimator).__name__
-        raise EstimatorError(
-            f"{name}() on site '{declaration.site_name}': the model never declared the linear map "
-            "that consumes it, so there is nothing to apply it to. In the model, consume the "
-            f"site with vigrad.nn.linear('{declaration.site_name}', x, w) (x @ w for a weight "
-            "site), vigrad.nn.conv2d(...) or vigrad.nn.latent_linear(...) (v @ W for a latent "
-            "site), or use vigrad.Reparam() for it."
-        )
+    return _loc_scale(fn)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,26 +111,31 @@ class _GaussianSite(Estimator):
 
     def check(self, site_name: str, fn: Any) -> None:
         gaussian_parts(self, site_name, fn)
-        _LAST_CHECKED[0] = site_name
 
     def draw(self, fn: Any, rng_key: jax.Array, sample_shape: tuple[int, ...]) -> Draw:
-        loc, scale = gaussian_parts(self, _LAST_CHECKED[0] or "?", fn)
+        # ``check`` has accepted the site before it is drawn.
+        loc, scale = _loc_scale(fn)
         shape = tuple(sample_shape) + loc.shape
         key_site, key_map = jax.random.split(rng_key)
         noise = jax.random.normal(key_site, shape, dtype=jnp.result_type(loc, scale))
         loc, scale = jnp.broadcast_to(loc, shape), jnp.broadcast_to(scale, shape)
         value = loc + scale * noise
-        _register(value, _Declaration(_LAST_CHECKED[0], self))
-        _LAST_CHECKED[0] = None
         key = key_map if self.draws_map_noise else None
         return Draw(value, extras=GaussianNoise(loc, scale, noise, key))
 
     def sample(self, fn: Any, rng_key: jax.Array, sample_shape: tuple[int, ...]) -> jax.Array:
         return self.draw(fn, rng_key, sample_shape).value
 
-    def log_q(self, fn: Any, value: jax.Array) -> jax.Array:
-        _finish(value)
-        return fn.log_prob(value)
+    def finish(self, site: dict) -> None:
+        if (site.get("infer") or {}).get(MAP_USES, 0) == 0:
+            name, site_name = type(self).__name__, site["name"]
+            raise EstimatorError(
+                f"{name}() on site '{site_name}': the model never declared the linear map that "
+                "consumes it, so there is nothing to apply it to. In the model, consume the "
+                f"site with vigrad.nn.linear('{site_name}', x, w) (x @ w for a weight site), "
+                "vigrad.nn.conv2d(...) or vigrad.nn.latent_linear(...) (v @ W for a latent "
+                "site), or use vigrad.Reparam() for it."
+            )
 
 
 @dataclasses.dataclass(frozen=True)

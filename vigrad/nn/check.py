@@ -21,7 +21,7 @@ from numpyro.ops.provenance import eval_provenance
 from vigrad.errors import EstimatorError
 from vigrad.estimators.assignment import Assignment, EstimatorSpec
 from vigrad.estimators.r2g2 import R2G2, GaussianNoise, LocalReparam
-from vigrad.objectives.particles import _GuideTraceContext
+from vigrad.objectives.particles import GuideSites
 
 _MAP = "$map"
 
@@ -72,11 +72,7 @@ def check_declared_maps(
             return None
 
         m = substitute(seed(substitute(model, data=params), rng_key), substitute_fn=latent_value)
-        _GuideTraceContext.stack.append(sites)
-        try:
-            model_tr = trace(m).get_trace(*args, **kwargs)
-        finally:
-            _GuideTraceContext.stack.pop()
+        model_tr = trace(GuideSites(m, sites)).get_trace(*args, **kwargs)
         return {
             n: s["fn"].log_prob(s["value"]) for n, s in model_tr.items() if s["type"] == "sample"
         }

@@ -22,10 +22,10 @@ import jax.numpy as jnp
 
 from vigrad.errors import EstimatorError
 from vigrad.estimators.r2g2 import (
+    MAP_USES,
     R2G2,
     GaussianNoise,
     LocalReparam,
-    declaration_of,
     direct_projected_noise,
     r2g2_map,
 )
@@ -53,15 +53,14 @@ def _declared(site_name: str, value: jax.Array, where: str) -> tuple[Any, Gaussi
             "combined with something first). Pass the value returned by numpyro.sample "
             f"('{site_name}', ...) unchanged, or use vigrad.Reparam() for this site."
         )
-    declaration = declaration_of(value)
-    if declaration is not None:
-        declaration.uses += 1
-        if declaration.uses > 1:
-            raise EstimatorError(
-                f"{name}() on site '{site_name}': the site is consumed by more than one declared "
-                "map; R2-G2 conditions on one map's output. Apply the site once to all its inputs "
-                f"(concatenate them along the batch axis), or use vigrad.Reparam() for '{site_name}'."
-            )
+    # The count lives on this particle's guide trace; the estimator reads it when the model is done.
+    infer[MAP_USES] = infer.get(MAP_USES, 0) + 1
+    if infer[MAP_USES] > 1:
+        raise EstimatorError(
+            f"{name}() on site '{site_name}': the site is consumed by more than one declared "
+            "map; R2-G2 conditions on one map's output. Apply the site once to all its inputs "
+            f"(concatenate them along the batch axis), or use vigrad.Reparam() for '{site_name}'."
+        )
     return estimator, infer["vigrad_extras"]
 
 

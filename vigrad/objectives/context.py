@@ -464,6 +464,7 @@ class ProgramContext:
                 lq = sampler.log_q_terms.get(name)
                 if lq is None:
                     lq = _estimator_log_q(name, est, fn, value)
+                est.finish(site)
                 records.estimators[f"{draw_id}/{name}"] = est
                 if est.is_score and self._record_nodes:
                     nid = f"{draw_id}/{name}"

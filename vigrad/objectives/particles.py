@@ -23,7 +23,7 @@ from numpyro.distributions.kl import kl_divergence
 from numpyro.handlers import replay, seed, substitute, trace
 from numpyro.infer.elbo import MultiFrameTensor
 from numpyro.ops.provenance import eval_provenance
-from numpyro.primitives import Messenger
+from numpyro.primitives import Messenger, apply_stack
 
 from vigrad.errors import DataError, EstimatorError, ModelGuideMismatchError
 from vigrad.estimators.assignment import Assignment
@@ -214,31 +214,35 @@ def _check_shape(name: str, fn: Any, sample_shape: tuple, value: jax.Array) -> N
         )
 
 
-class _GuideTraceContext(Messenger):
-    """Runs the model on the guide's values: checks their shapes as each site is reached (before
-    the model uses a wrong-shaped value) and makes the guide trace visible to model-side helpers
-    (see ``guide_site``)."""
+GUIDE_SITE_QUERY = "vigrad_guide_site"
+"""Type of the message :func:`guide_site` sends up NumPyro's handler stack."""
 
-    stack: list[dict] = []
 
-    def __init__(self, fn: Callable, guide_trace: dict):
-        self.guide_trace = guide_trace
+class GuideSites(Messenger):
+    """Runs the model with a guide trace's sites in reach of model-side helpers.
+
+    A helper asks with :func:`guide_site`, which sends a message up NumPyro's effect stack; this
+    handler answers it from ``sites`` (site name -> the guide's site record), so what is visible
+    is exactly the trace of the particle being scored, for as long as the model runs. It also
+    checks the guide's value of each model sample site as it is reached, before the model uses
+    a wrong-shaped value.
+    """
+
+    def __init__(self, fn: Callable, sites: dict[str, dict]):
+        self.sites = sites
         super().__init__(fn)
 
     def process_message(self, msg: dict) -> None:
+        if msg["type"] == GUIDE_SITE_QUERY:
+            # The innermost handler answers: nested traces each see their own particle.
+            if msg["value"] is None:
+                msg["value"] = self.sites.get(msg["site"])
+            return
         if msg["type"] != "sample" or msg["is_observed"]:
             return  # e.g. numpyro.subsample messages, which have no site name
-        site = self.guide_trace.get(msg["name"])
+        site = self.sites.get(msg["name"])
         if site is not None:
             _check_shape(msg["name"], msg["fn"], msg["kwargs"]["sample_shape"], site["value"])
-
-    def __enter__(self):
-        _GuideTraceContext.stack.append(self.guide_trace)
-        return super().__enter__()
-
-    def __exit__(self, *exc):
-        _GuideTraceContext.stack.pop()
-        return super().__exit__(*exc)
 
 
 def guide_site(name: str) -> dict | None:
@@ -248,9 +252,16 @@ def guide_site(name: str) -> dict | None:
     estimator in ``site["infer"]["vigrad_estimator"]`` and extras in
     ``site["infer"]["vigrad_extras"]``). Returns ``None`` outside vigrad's particle tracing.
     """
-    if not _GuideTraceContext.stack:
-        return None
-    return _GuideTraceContext.stack[-1].get(name)
+    # No "name" key: NumPyro's trace handler records only named messages.
+    msg = {
+        "type": GUIDE_SITE_QUERY,
+        "site": name,
+        "fn": lambda: None,
+        "args": (),
+        "kwargs": {},
+        "value": None,
+    }
+    return apply_stack(msg)["value"]
 
 
 def _scaled(site: dict, log_prob: jax.Array) -> jax.Array:
@@ -352,8 +363,10 @@ def trace_particle(
     # random numbers on sites whose values come from the guide. The model sees the guide's
     # updated mutable values, as in NumPyro's ELBOs.
     model_fn = substitute(seed(replay(model, guide_tr), key_model), data={**params, **mutable})
-    model_tr = trace(_GuideTraceContext(model_fn, guide_tr)).get_trace(*args, **kwargs)
+    model_tr = trace(GuideSites(model_fn, guide_tr)).get_trace(*args, **kwargs)
     _check_traces(model_tr, guide_tr, assignment)
+    for name, est in chosen.items():
+        est.finish(guide_tr[name])
     mutable.update(_mutable_values(model_tr))
 
     log_p_sites = {
