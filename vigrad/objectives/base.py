@@ -9,6 +9,7 @@ estimator or refuses it with an error.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -126,9 +127,19 @@ class Objective(_NumPyroELBO):
         return -objective, new_state
 
     def loss(self, rng_key, param_map, model, guide, *args, **kwargs) -> jax.Array:
-        return self.loss_with_mutable_state(rng_key, param_map, model, guide, *args, **kwargs)[
-            "loss"
-        ]
+        out = self.loss_with_mutable_state(rng_key, param_map, model, guide, *args, **kwargs)
+        state = (out["mutable_state"] or {}).get(STATE_SITE, {})
+        if stateful := sorted(site for site, s in state.items() if jax.tree.leaves(s)):
+            # numpyro.infer.SVI calls loss() when the model has no numpyro.mutable site and
+            # drops the state, so a moving average or learned baseline never leaves its start.
+            warnings.warn(
+                f"{type(self).__name__}.loss() drops the control-variate state of site(s) "
+                f"{stateful} (MovingAverage, Learned): each call starts from the initial "
+                "baseline, unbiased but without its variance reduction. Train with vigrad.fit, "
+                "which carries the state from step to step.",
+                stacklevel=2,
+            )
+        return out["loss"]
 
     def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs) -> dict:
         params = {k: v for k, v in param_map.items() if k != STATE_SITE}
