@@ -325,7 +325,7 @@ def test_select_never_picks_an_estimator_that_cannot_serve_the_site():
 
 def test_compare_rejects_unknown_sites():
     with pytest.raises(vigrad.VigradError, match="not sampled sites of the guide"):
-        compare_estimators(model, guide, POST, {"w": [vigrad.Reparam()]}, X)
+        compare_estimators(model, guide, POST, X, candidates={"w": [vigrad.Reparam()]})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -427,9 +427,27 @@ def fixed_guide(x):
 
 
 def test_an_estimator_set_in_the_guide_is_the_only_one_measured():
-    comparison = compare_estimators(
-        model, fixed_guide, OFF, None, X, num_samples=50, timing_rounds=0
-    )
+    comparison = compare_estimators(model, fixed_guide, OFF, X, num_samples=50, timing_rounds=0)
     (row,) = comparison.rows
     assert row.name == "Score (set in guide)" and row.usable and row.variance > 0
     assert comparison.select().estimators == {"z": vigrad.Score()}
+
+
+def test_rws_wake_score_is_measured_as_it_draws():
+    """RWS(wake="score") draws every site with fixed samples whatever the estimators: the
+    comparison measures that one way (not Reparam on a Normal site), and asking for another
+    estimator is an error rather than a row that does not measure what it says."""
+    rws = vigrad.RWS(num_particles=2, wake="score")
+    comparison = compare_estimators(
+        model, guide, OFF, X, objective=rws, num_samples=20, warmup=0, timing_rounds=0
+    )
+    (row,) = comparison.rows
+    assert row.name == "Score (set by RWS)" and row.usable
+    with pytest.raises(vigrad.EstimatorError, match=r"RWS: .*draws every guide site as Score"):
+        gradient_variance(model, guide, OFF, {"z": vigrad.Reparam()}, X, objective=rws)
+
+
+def test_candidates_are_keyword_only_in_compare_and_select():
+    for compare_or_select in (compare_estimators, select_estimators):
+        with pytest.raises(TypeError, match=r"candidates is keyword-only.*candidates=\{"):
+            compare_or_select(model, guide, OFF, {"z": [vigrad.Reparam()]}, X)

@@ -25,6 +25,7 @@ from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 from numpyro.handlers import replay, seed, substitute, trace
 
+from vigrad.errors import EstimatorError
 from vigrad.estimators.assignment import Assignment
 from vigrad.estimators.base import Estimator
 from vigrad.objectives.base import Objective
@@ -107,6 +108,10 @@ def make_objective(
     if objective is None:
         return ELBO(num_particles=num_particles, estimators=dict(estimators or {}))
     if isinstance(objective, Objective):
+        fixed = getattr(objective, "fixed_estimator", None)
+        if fixed is not None:
+            _require_fixed(objective, fixed, estimators)
+            return objective
         obj = copy.copy(objective)
         old = objective.assignment
         assignment = Assignment({**old.by_name, **dict(estimators or {})}, default=old.default)
@@ -114,6 +119,17 @@ def make_objective(
         obj.assignment = assignment
         return obj
     return objective(num_particles=num_particles, estimators=dict(estimators or {}))
+
+
+def _require_fixed(objective: Objective, fixed: Estimator, estimators: Mapping | None) -> None:
+    """An objective that draws every site one way cannot be measured under other estimators."""
+    other = {n: e for n, e in (estimators or {}).items() if e != fixed}
+    if other:
+        raise EstimatorError(
+            f"{objective.name}: this objective draws every guide site as {fixed!r} whatever the "
+            f"estimators, so {other} would be reported but not used. Measure it without "
+            "per-site estimators, or use an objective that honours them (e.g. RWS(wake='dreg'))."
+        )
 
 
 def ensure_prototype(guide: Callable, args: tuple, kwargs: dict) -> None:

@@ -269,8 +269,8 @@ def compare_estimators(
     model: Callable,
     guide: Callable,
     params: Mapping[str, Any],
-    candidates: Mapping[str, Sequence[Estimator]] | None = None,
     *args: Any,
+    candidates: Mapping[str, Sequence[Estimator]] | None = None,
     estimators: Mapping[str, Estimator] | None = None,
     num_particles: int = 1,
     num_samples: int = 256,
@@ -290,7 +290,9 @@ def compare_estimators(
             compares every sampled guide site with :func:`default_candidates`. Every candidate
             must be unbiased for the objective: the comparison measures variance, not bias. A
             site whose estimator the guide sets (``infer={"estimator": ...}``, which wins over
-            any mapping) is measured with that estimator only.
+            any mapping), or whose objective draws every site one way (``RWS(wake="score")``),
+            is measured with that estimator only. Keyword-only, as in
+            :func:`select_estimators`: the arguments after ``params`` go to the model.
         estimators: the estimators of the other sites while one site is varied (default: the
             objective's assignment, by default Reparam where reparameterisable, else Score).
         num_particles, num_samples, rng_key, objective, unconstrained, warmup: as
@@ -304,6 +306,7 @@ def compare_estimators(
         A :class:`Comparison`; ``print`` it for a table,
         :func:`~vigrad.diagnostics.plots.plot_comparison` draws it.
     """
+    _refuse_positional_candidates("compare_estimators", args)
     rng_key = jax.random.key(0) if rng_key is None else rng_key
     obj = make_objective(objective, num_particles, estimators)
     k = int(obj.num_particles)
@@ -326,13 +329,16 @@ def compare_estimators(
             tried = list(candidates[site])
         else:
             tried = default_candidates(fn, k, bool(getattr(obj, "linear_in_log_weights", False)))
-        fixed = (msg.get("infer") or {}).get("estimator")
+        fixed, where = (msg.get("infer") or {}).get("estimator"), "set in guide"
+        if fixed is None and getattr(obj, "fixed_estimator", None) is not None:
+            fixed, where = obj.fixed_estimator, f"set by {obj.name}"
         if fixed is not None:
-            # The guide's own choice wins over any mapping, so it is the only one to measure.
+            # The guide's own choice wins over any mapping, and an objective that draws every
+            # site one way ignores both: that estimator is the only one to measure.
             tried = [fixed]
         site_params = tuple(sorted(own.get(site, frozenset())))
         for est in tried:
-            name = estimator_name(est) + (" (set in guide)" if fixed is not None else "")
+            name = estimator_name(est) + (f" ({where})" if fixed is not None else "")
             row = Row(site, est, name, usable=False, parameters=site_params)
             rows.append(row)
             try:
@@ -466,5 +472,20 @@ def select_estimators(
         print(choice.report)
         objective = vigrad.ELBO(estimators=choice.estimators)
     """
-    comparison = compare_estimators(model, guide, params, candidates, *args, **kwargs)
+    _refuse_positional_candidates("select_estimators", args)
+    comparison = compare_estimators(model, guide, params, *args, candidates=candidates, **kwargs)
     return comparison.select()
+
+
+def _refuse_positional_candidates(where: str, args: tuple) -> None:
+    """Model arguments follow ``params``; a candidates mapping among them was meant as the
+    keyword (it used to be positional in ``compare_estimators``)."""
+    first = args[0] if args else None
+    if isinstance(first, Mapping) and first:
+        values = [e for v in first.values() for e in (v if isinstance(v, Sequence) else [v])]
+        if values and all(isinstance(e, Estimator) for e in values):
+            raise TypeError(
+                f"{where}(): candidates is keyword-only (the arguments after params go to the "
+                f"model and guide); pass it as {where}(model, guide, params, *args, "
+                "candidates={...})."
+            )

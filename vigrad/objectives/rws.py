@@ -22,6 +22,7 @@ import jax
 from vigrad.estimators.assignment import EstimatorSpec
 from vigrad.estimators.base import Estimator
 from vigrad.estimators.path import PathGradient
+from vigrad.estimators.score import Score
 from vigrad.objectives.base import Objective
 from vigrad.objectives.context import ProgramContext
 from vigrad.objectives.program import log_mean_exp
@@ -50,6 +51,16 @@ class RWS(Objective):
 
     def default_estimator(self, fn: Any) -> Estimator:
         return PathGradient()
+
+    @property
+    def fixed_estimator(self) -> Estimator | None:
+        """The estimator of every guide site whatever the assignment, or ``None``.
+
+        ``wake="score"`` draws every site as :class:`~vigrad.Score` draws it (gradient stopped;
+        the wake-phi term is the weighted ``log q`` itself, with no learning signal), so no
+        per-site estimator applies; under ``wake="dreg"`` the assignment decides.
+        """
+        return Score() if self.wake == "score" else None
 
     @staticmethod
     def dreg_weights(w: jax.Array) -> jax.Array:
