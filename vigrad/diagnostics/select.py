@@ -31,11 +31,7 @@ from vigrad.diagnostics.gradients import (
 )
 from vigrad.errors import VigradError
 from vigrad.estimators.base import Estimator
-from vigrad.estimators.control_variates import LeaveOneOut, MovingAverage
-from vigrad.estimators.enum import Enumerate
-from vigrad.estimators.path import PathGradient
-from vigrad.estimators.reparam import Reparam
-from vigrad.estimators.score import Score
+from vigrad.registry import ESTIMATORS, is_candidate
 
 
 def estimator_name(estimator: Estimator) -> str:
@@ -55,6 +51,9 @@ def default_candidates(
 ) -> list[Estimator]:
     """The estimators worth trying on a site whose guide distribution is ``fn``.
 
+    The entries of :data:`vigrad.registry.ESTIMATORS` whose ``requires`` conditions hold, in the
+    table's order:
+
     * Reparam where ``fn`` has a reparameterised sampler, and PathGradient too when the objective
       is an expectation of the log weight (the ELBO): inside multi-sample objectives such as
       IWELBO the plain path gradient is biased (use :class:`vigrad.DReG` there);
@@ -69,17 +68,11 @@ def default_candidates(
         expected_log_weight: whether the objective is an expectation of the log weight
             (``Objective.linear_in_log_weights``, true for :class:`vigrad.ELBO`).
     """
-    out: list[Estimator] = []
-    if getattr(fn, "has_rsample", False):
-        out.append(Reparam())
-        if expected_log_weight:
-            out.append(PathGradient())
-    if expected_log_weight and getattr(fn, "has_enumerate_support", False):
-        out.append(Enumerate())
-    loo = expected_log_weight and num_particles > 1
-    out.append(Score(LeaveOneOut()) if loo else Score())
-    out.append(Score(MovingAverage()))
-    return out
+    return [
+        entry.build()
+        for entry in ESTIMATORS.values()
+        if is_candidate(entry, fn, num_particles, expected_log_weight)
+    ]
 
 
 def guide_sites(

@@ -7,7 +7,9 @@ sites, each marked with the layer's estimator:
 
 * ``"rt"``: plain reparameterisation (:class:`~vigrad.Reparam`);
 * ``"lrt"``: the local reparameterisation trick (:class:`~vigrad.LocalReparam`, dense only);
-* ``"r2g2"``: R2-G2 (:class:`~vigrad.R2G2`).
+* ``"r2g2"``: R2-G2 (:class:`~vigrad.R2G2`);
+
+or any other name of :data:`vigrad.registry.ESTIMATORS`, or an estimator instance.
 
 Example::
 
@@ -36,27 +38,23 @@ import numpyro.distributions as dist
 
 from vigrad.errors import EstimatorError
 from vigrad.estimators.base import Estimator
-from vigrad.estimators.r2g2 import R2G2, LocalReparam
+from vigrad.estimators.r2g2 import LocalReparam
 from vigrad.estimators.reparam import Reparam
 from vigrad.nn.functional import conv2d, linear
-
-ESTIMATORS = ("rt", "lrt", "r2g2")
+from vigrad.registry import ESTIMATORS
 
 
 def estimator_for(choice: str | Estimator, layer: str, dense: bool = True) -> Estimator:
-    """The estimator named by ``choice`` ("rt", "lrt" or "r2g2"), or ``choice`` itself."""
+    """The estimator named by ``choice`` in :data:`vigrad.registry.ESTIMATORS` ("rt", "lrt",
+    "r2g2", ...), or ``choice`` itself."""
     if isinstance(choice, Estimator):
         est = choice
-    elif choice == "rt":
-        est = Reparam()
-    elif choice == "lrt":
-        est = LocalReparam()
-    elif choice == "r2g2":
-        est = R2G2()
+    elif isinstance(choice, str) and choice in ESTIMATORS:
+        est = ESTIMATORS.build(choice)
     else:
         raise EstimatorError(
-            f"Layer '{layer}': unknown estimator {choice!r}; choose one of {ESTIMATORS} or pass a "
-            "vigrad estimator."
+            f"Layer '{layer}': unknown estimator {choice!r}; choose one of "
+            f"{sorted({*ESTIMATORS, *ESTIMATORS.aliases})} or pass a vigrad estimator."
         )
     if not dense and isinstance(est, LocalReparam):
         raise EstimatorError(
