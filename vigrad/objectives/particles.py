@@ -207,10 +207,16 @@ def _check_shape(name: str, fn: Any, sample_shape: tuple, value: jax.Array) -> N
     expected = tuple(fn.shape(sample_shape))
     got = tuple(jnp.shape(value))
     if expected != got:
+        several = ""
+        if got[1:] == expected:
+            several = (
+                " If the guide draws several samples per site along a leading axis, use "
+                "vigrad.ELBO(multi_sample_guide=True)."
+            )
         raise ModelGuideMismatchError(
             f"Site '{name}' has shape {got} in the guide but the model expects {expected} "
             "(batch shape from its plates plus event shape). Make the guide's distribution "
-            "for this site match: check .to_event(), plates and parameter shapes."
+            f"for this site match: check .to_event(), plates and parameter shapes.{several}"
         )
 
 
