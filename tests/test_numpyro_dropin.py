@@ -8,6 +8,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import optax
+import pytest
 from numpyro.contrib.module import eqx_module
 from numpyro.primitives import mutable
 
@@ -103,3 +104,148 @@ def test_batchnorm_guide_state_survives_fit_chunks_and_resume(tmp_path):
         )
         for a, b in leaves:
             np.testing.assert_array_equal(a, b)
+
+
+# --- the same values as NumPyro's ELBOs ----------------------------------------------------------
+# vigrad derives each particle block's key from the loss key by the block's position in the
+# objective program (so a program that draws several times replays the same draws), and splits it
+# into guide and model keys in the other order from NumPyro: on the same key the two draw different
+# samples. With a guide that draws nothing at random (Delta sites) the values are compared exactly;
+# with a random guide their distributions over many keys are (a z-test of the means, vmapped).
+
+Y = jnp.array([1.1, 0.4, 2.3, 1.8, 0.9, 1.5])
+KEYS = jax.random.split(jax.random.key(3), 4000)
+
+
+def gauss_model(y):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 2.0))
+    sigma = numpyro.sample("sigma", dist.LogNormal(0.0, 0.5))
+    with numpyro.plate("data", y.shape[0]):
+        numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
+    numpyro.factor("penalty", -0.1 * mu**2)
+
+
+def gauss_guide(y):
+    loc = numpyro.param("loc", jnp.array([0.8, 0.1]))
+    scale = numpyro.param("scale", jnp.array([0.4, 0.3]), constraint=dist.constraints.positive)
+    numpyro.sample("mu", dist.Normal(loc[0], scale[0]))
+    numpyro.sample("sigma", dist.LogNormal(loc[1], scale[1]))
+
+
+def delta_guide(y):
+    loc = numpyro.param("loc", jnp.array([0.8, 0.1]))
+    numpyro.sample("mu", dist.Delta(loc[0]))
+    numpyro.sample("sigma", dist.Delta(jnp.exp(loc[1])))
+
+
+PARAMS = {"loc": jnp.array([0.8, 0.1]), "scale": jnp.array([0.4, 0.3])}
+PAIRS = {
+    "Trace_ELBO": (numpyro.infer.Trace_ELBO(), vigrad.ELBO()),
+    "TraceMeanField_ELBO": (numpyro.infer.TraceMeanField_ELBO(), vigrad.ELBO(analytic_kl=True)),
+    "TraceGraph_ELBO": (numpyro.infer.TraceGraph_ELBO(), vigrad.ELBO(estimators=lambda site: vigrad.Score())),
+    "RenyiELBO": (
+        numpyro.infer.RenyiELBO(alpha=0.5, num_particles=4),
+        vigrad.RenyiELBO(alpha=0.5, num_particles=4),
+    ),
+    "sum_sites=False": (
+        numpyro.infer.Trace_ELBO(sum_sites=False),
+        vigrad.ELBO(sum_sites=False),
+    ),
+}
+
+
+def _losses(loss, guide, params, keys):
+    return jax.jit(jax.vmap(lambda k: loss.loss(k, params, gauss_model, guide, Y)))(keys)
+
+
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_loss_equals_numpyros_with_a_deterministic_guide(name):
+    theirs, ours = PAIRS[name]
+    keys = KEYS[:2]
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12),
+        _losses(theirs, delta_guide, PARAMS, keys),
+        _losses(ours, delta_guide, PARAMS, keys),
+    )
+
+
+def _same_mean(theirs, ours, threshold=4.5):
+    """z-statistic of the difference of two means of independent draws (leading axis)."""
+    se = jnp.sqrt(jnp.var(theirs, axis=0) / len(theirs) + jnp.var(ours, axis=0) / len(ours))
+    z = jnp.abs(jnp.mean(theirs, axis=0) - jnp.mean(ours, axis=0)) / se
+    assert jnp.all(z < threshold), (jnp.mean(theirs, axis=0), jnp.mean(ours, axis=0), z)
+
+
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_loss_distributed_as_numpyros_with_a_random_guide(name):
+    theirs, ours = PAIRS[name]
+    jax.tree.map(
+        _same_mean,
+        _losses(theirs, gauss_guide, PARAMS, KEYS),
+        _losses(ours, gauss_guide, PARAMS, KEYS),
+    )
+
+
+# --- guides that draw several samples per site ---------------------------------------------------
+
+S = 3
+
+
+def sample_guide(y):
+    m = numpyro.param("m", 0.3)
+    s = numpyro.param("s", 0.8, constraint=dist.constraints.positive)
+    numpyro.sample("mu", dist.Normal(m, s), sample_shape=(S,))
+
+
+def mean_model(y):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 2.0))
+    with numpyro.plate("data", y.shape[0]):
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+
+@pytest.mark.parametrize("estimator", [vigrad.Reparam(), vigrad.Score()])
+def test_multi_sample_guide_loss_and_gradient_distributed_as_numpyros(estimator):
+    theirs = numpyro.infer.Trace_ELBO(multi_sample_guide=True)
+    ours = vigrad.ELBO(multi_sample_guide=True, estimators={"mu": estimator})
+    params = {"m": jnp.array(0.3), "s": jnp.array(0.8)}
+
+    def loss_and_grad(loss):
+        fn = lambda p, k: loss.loss(k, p, mean_model, sample_guide, Y)
+        return jax.jit(jax.vmap(jax.value_and_grad(fn), (None, 0)))(params, KEYS)
+
+    jax.tree.map(_same_mean, loss_and_grad(theirs), loss_and_grad(ours))
+
+
+def test_multi_sample_guide_fits_the_posterior():
+    # Each of the S independent samples scores the same ELBO: the optimum is the exact posterior.
+    n = Y.shape[0]
+    precision = n + 1 / 4
+    schedule = optax.exponential_decay(0.05, 400, 0.05)
+    result = vigrad.fit(
+        mean_model,
+        sample_guide,
+        vigrad.ELBO(multi_sample_guide=True),
+        optax.adam(schedule),
+        400,
+        jax.random.key(4),
+        Y,
+        progress_bar=False,
+    )
+    np.testing.assert_allclose(result.params["m"], jnp.sum(Y) / precision, atol=0.03)
+    np.testing.assert_allclose(result.params["s"], precision**-0.5, atol=0.03)
+
+
+def test_several_samples_per_site_without_the_option_is_refused():
+    with pytest.raises(vigrad.ModelGuideMismatchError, match=r"multi_sample_guide=True"):
+        vigrad.ELBO().loss(jax.random.key(0), {"m": 0.3, "s": 0.8}, mean_model, sample_guide, Y)
+
+
+def test_multi_sample_guide_with_unequal_sample_counts_is_refused():
+    def uneven_guide(y):
+        numpyro.sample("mu", dist.Normal(0.0, 1.0), sample_shape=(S,))
+        numpyro.sample("sigma", dist.LogNormal(0.0, 1.0), sample_shape=(S + 1,))
+
+    with pytest.raises(vigrad.ModelGuideMismatchError, match=r"site 'sigma' has shape \(4,\)"):
+        vigrad.ELBO(multi_sample_guide=True).loss(
+            jax.random.key(0), {}, gauss_model, uneven_guide, Y
+        )

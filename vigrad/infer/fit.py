@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
-from numpyro.handlers import replay, seed, trace
+from numpyro.handlers import replay, seed, substitute, trace
 
 from vigrad.infer.describe import array_summary, describe
 from vigrad.infer.driver import Checkpointing, Step, default_chunk_size, run_chunks
@@ -60,23 +60,31 @@ class FitResult:
 
 
 def init_params(
-    rng_key: jax.Array, model: Callable, guide: Callable, args: tuple, kwargs: dict
+    rng_key: jax.Array,
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    multi_sample: bool = False,
 ) -> tuple[dict[str, jax.Array], dict[str, Any]]:
     """Unconstrained initial values and constraints of every ``numpyro.param`` site.
+
+    With ``multi_sample`` the guide returns several samples per site along a leading axis, and
+    the model is run on the first (as NumPyro's ``SVI.init`` does for such guides).
 
     The guide and model are traced under ``jax.jit``: run eagerly, every operation of a first call
     is compiled on its own, which costs more than compiling them together. An autoguide's first
     call builds its prototype from concrete values, so that one call runs eagerly.
     """
     dynamic, static_key = split_static(args, kwargs)
-    init, compiled_init, cons = _initialiser(model, guide, static_key)
+    init, compiled_init, cons = _initialiser(model, guide, static_key, multi_sample)
     builds_prototype = getattr(guide, "prototype_trace", False) is None
     params = (init if builds_prototype else compiled_init)(rng_key, dynamic)
     return params, dict(cons)
 
 
 @functools.lru_cache(maxsize=64)
-def _initialiser(model: Callable, guide: Callable, static_key: tuple) -> tuple:
+def _initialiser(model: Callable, guide: Callable, static_key: tuple, multi_sample: bool) -> tuple:
     """The function computing initial params, cached so that a second fit reuses its compilation,
     and the constraints it records each time it is traced."""
     cons = {}
@@ -84,7 +92,16 @@ def _initialiser(model: Callable, guide: Callable, static_key: tuple) -> tuple:
     def init(key, dynamic):
         args, kwargs = join_static(dynamic, static_key)
         guide_tr = trace(seed(guide, key)).get_trace(*args, **kwargs)
-        model_tr = trace(seed(replay(model, guide_tr), key)).get_trace(*args, **kwargs)
+        if multi_sample:
+            first = {
+                n: s["value"][0]
+                for n, s in guide_tr.items()
+                if s["type"] == "sample" and not s["is_observed"]
+            }
+            model_fn = substitute(seed(model, key), data=first)
+        else:
+            model_fn = seed(replay(model, guide_tr), key)
+        model_tr = trace(model_fn).get_trace(*args, **kwargs)
         params = {}
         for site in list(model_tr.values()) + list(guide_tr.values()):
             if site["type"] == "param":
@@ -210,7 +227,9 @@ def fit(
     dynamic, static_key = split_static(args, kwargs)
     init_key, base_key = jax.random.split(rng_key)
 
-    params_u, cons = init_params(init_key, model, guide, args, kwargs)
+    params_u, cons = init_params(
+        init_key, model, guide, args, kwargs, multi_sample=objective.multi_sample_guide
+    )
     for name, value in (init_values or {}).items():
         if name not in cons:
             raise KeyError(f"init_values['{name}']: no numpyro.param site named '{name}'")

@@ -43,6 +43,8 @@ class Objective(_NumPyroELBO):
     """
 
     can_infer_discrete = True
+    # NumPyro's SVI reads it too: with True its initialisation scores the model on one sample.
+    multi_sample_guide = False
     # Set to False only to show, as a negative control, that a biased combination is detected.
     check_unbiasedness = True
 
@@ -71,7 +73,15 @@ class Objective(_NumPyroELBO):
         self, rng_key: jax.Array, params: dict, model: Callable, guide: Callable, args, kwargs
     ) -> Evaluation:
         """The program run under the transformation (checks, signals; nothing compiled)."""
-        run = _Run(model, guide, tuple(args), dict(kwargs), params, self.assignment)
+        run = _Run(
+            model,
+            guide,
+            tuple(args),
+            dict(kwargs),
+            params,
+            self.assignment,
+            multi_sample_guide=self.multi_sample_guide,
+        )
         return transform(
             self.program, self.name, run, rng_key, self.leave_one_out, self.check_unbiasedness
         )

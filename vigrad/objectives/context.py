@@ -37,6 +37,7 @@ from vigrad.estimators.base import Estimator
 from vigrad.estimators.log_prob import log_prob
 from vigrad.estimators.path import PathGradient
 from vigrad.estimators.score import Score
+from vigrad.objectives.multi_sample import multi_sample_particle
 from vigrad.objectives.particles import (
     ParticleDraw,
     ParticleSites,
@@ -203,6 +204,8 @@ class _Run:
     assignment: Assignment
     # Leave-one-out replays: top-level block id -> function replacing that block's output.
     overrides: dict[str, Callable[[Any], Any]] | None = None
+    # The guide returns several samples per site along a leading axis (see multi_sample.py).
+    multi_sample_guide: bool = False
 
 
 class ProgramContext:
@@ -376,16 +379,17 @@ class ProgramContext:
         # The body's own key: a guide particle block's body draws nothing else.
         key = self._key
         assignment = _FixedSamples() if fixed else run.assignment
-        draw, sites = standard_particle(
-            jax.random.split(key),
-            run.params,
-            run.model,
-            run.guide,
-            run.args,
-            run.kwargs,
-            assignment,
-            analytic_kl,
-        )
+        particle_args = (run.params, run.model, run.guide, run.args, run.kwargs, assignment)
+        if run.multi_sample_guide:
+            if analytic_kl:
+                raise EstimatorError(
+                    "Analytic KL terms with multi_sample_guide=True: the model's prior of a site "
+                    "is evaluated once per guide sample, so there is no single KL to a guide site. "
+                    "Use analytic_kl=False."
+                )
+            draw, sites = multi_sample_particle(jax.random.split(key), *particle_args)
+        else:
+            draw, sites = standard_particle(jax.random.split(key), *particle_args, analytic_kl)
         self._standard_sites = sites
         records = self._records
         if not fixed:

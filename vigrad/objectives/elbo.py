@@ -30,6 +30,10 @@ class ELBO(Objective):
         sum_sites: with ``False``, :meth:`loss` returns the loss per site (a dict whose values sum
             to the loss, ``-(1/K) sum_k (log p_site - log q_site)``), as NumPyro's
             ``Trace_ELBO(sum_sites=False)`` does, to see which sites drive the objective.
+        multi_sample_guide: the guide returns ``S`` samples of every latent site along a leading
+            axis, as for NumPyro's ``Trace_ELBO(multi_sample_guide=True)``: each particle's log
+            weight is ``sum_s log p(x, z_s) - log q(z_1, ..., z_S)``, the model scored on each
+            sample (see :mod:`vigrad.objectives.multi_sample`).
 
     Example::
 
@@ -46,10 +50,12 @@ class ELBO(Objective):
         estimators: EstimatorSpec = None,
         analytic_kl: bool = False,
         sum_sites: bool = True,
+        multi_sample_guide: bool = False,
     ):
         super().__init__(num_particles, estimators)
         self.analytic_kl = bool(analytic_kl)
         self.sum_sites = bool(sum_sites)
+        self.multi_sample_guide = bool(multi_sample_guide)
 
     def program(self, p: ProgramContext):
         return jnp.mean(p.particles(self.num_particles, analytic_kl=self.analytic_kl).log_w)
@@ -63,7 +69,15 @@ class ELBO(Objective):
 
     def site_losses(self, rng_key, params, model, guide, args, kwargs) -> dict[str, jax.Array]:
         """Per site, ``-(1/K) sum_k (log p_site - log q_site)`` on the particles the loss draws."""
-        run = _Run(model, guide, tuple(args), dict(kwargs), params, self.assignment)
+        run = _Run(
+            model,
+            guide,
+            tuple(args),
+            dict(kwargs),
+            params,
+            self.assignment,
+            multi_sample_guide=self.multi_sample_guide,
+        )
         particles = ProgramContext(run, rng_key).particles(
             self.num_particles, analytic_kl=self.analytic_kl
         )
