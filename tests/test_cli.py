@@ -288,3 +288,16 @@ def test_zoo_files_declare_no_sgmcmc_step_size():
     # read by nothing.
     for name in list_models():
         assert "SGMCMC_STEP_SIZE" not in (models_dir() / f"{name}.py").read_text(), name
+
+
+def test_the_command_reads_the_name_registry(capsys):
+    from vigrad.cli import OBJECTIVE_NAMES
+    from vigrad.registry import ESTIMATORS, KERNELS, OBJECTIVES
+
+    assert set(OBJECTIVE_NAMES) <= set(OBJECTIVES)
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    assert "{" + ",".join(KERNELS) + "}" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    assert ", ".join(ESTIMATORS) in " ".join(capsys.readouterr().out.split())

@@ -25,40 +25,24 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from vigrad.errors import VigradError
+from vigrad.registry import ESTIMATORS, KERNELS, OBJECTIVES
 
-# Names accepted by --estimator SITE=NAME, each a zero-argument constructor (imported lazily so
-# `vigrad --help` does not start JAX).
-ESTIMATOR_NAMES: dict[str, str] = {
-    "reparam": "vigrad.Reparam()",
-    "path": "vigrad.PathGradient() (sticking the landing)",
-    "score": "vigrad.Score() (REINFORCE, Rao-Blackwellised)",
-    "score-loo": "vigrad.Score(vigrad.LeaveOneOut())",
-    "score-ma": "vigrad.Score(vigrad.MovingAverage(0.9))",
-    "enumerate": "vigrad.Enumerate() (exact sum, ELBO only)",
-}
+# The objectives of vigrad.registry.OBJECTIVES that a zoo file's model and guide serve as they are,
+# with --estimator applying: the hierarchical ones (iwhvi, diwhvi) need a model paired with a
+# reverse model, and rws (wake="score") draws every site its own way.
 OBJECTIVE_NAMES = ("elbo", "iwelbo", "vimco", "renyi", "dreg")
 MAX_PRINTED_ELEMENTS = 24  # larger sites are summarised in summary.csv only
 
 
 def make_estimator(name: str):
-    import vigrad
-
-    makers: dict[str, Callable] = {
-        "reparam": vigrad.Reparam,
-        "path": vigrad.PathGradient,
-        "score": vigrad.Score,
-        "score-loo": lambda: vigrad.Score(vigrad.LeaveOneOut()),
-        "score-ma": lambda: vigrad.Score(vigrad.MovingAverage(0.9)),
-        "enumerate": vigrad.Enumerate,
-    }
-    if name not in makers:
-        close = difflib.get_close_matches(name, list(makers), n=2)
+    """The estimator named ``name`` in :data:`vigrad.registry.ESTIMATORS`."""
+    if name not in ESTIMATORS:
+        close = difflib.get_close_matches(name, [*ESTIMATORS, *ESTIMATORS.aliases], n=2)
         hint = f" Did you mean {' or '.join(close)}?" if close else ""
         raise VigradError(
-            f"Unknown estimator '{name}'.{hint} Choose one of: "
-            + "; ".join(f"{k} = {v}" for k, v in ESTIMATOR_NAMES.items())
+            f"Unknown estimator '{name}'.{hint} Choose one of: {ESTIMATORS.describe('; ')}."
         )
-    return makers[name]()
+    return ESTIMATORS.build(name)
 
 
 def parse_estimators(pairs: Sequence[str]) -> dict:
@@ -72,19 +56,9 @@ def parse_estimators(pairs: Sequence[str]) -> dict:
 
 
 def make_objective(name: str, num_particles: int, estimators: dict, alpha: float):
-    import vigrad
-
-    if name == "elbo":
-        return vigrad.ELBO(num_particles=num_particles, estimators=estimators)
-    if name == "iwelbo":
-        return vigrad.IWELBO(num_particles=num_particles, estimators=estimators)
-    if name == "vimco":
-        return vigrad.VIMCO(num_particles=num_particles, estimators=estimators)
-    if name == "renyi":
-        return vigrad.RenyiELBO(alpha=alpha, num_particles=num_particles, estimators=estimators)
-    if name == "dreg":
-        return vigrad.DReG(num_particles=num_particles, estimators=estimators)
-    raise VigradError(f"Unknown objective '{name}'. Choose one of: {', '.join(OBJECTIVE_NAMES)}.")
+    """The objective named ``name`` in :data:`vigrad.registry.OBJECTIVES`."""
+    options = {"alpha": alpha} if name == "renyi" else {}
+    return OBJECTIVES.build(name, num_particles=num_particles, estimators=estimators, **options)
 
 
 def _full_data(fn, zm, data):
@@ -350,7 +324,9 @@ def _fit_command(args: argparse.Namespace, chosen: dict) -> str:
     from vigrad.diagnostics.select import estimator_name
 
     # The CLI's names, keyed by the readable name the comparison gives each candidate.
-    cli_name = {estimator_name(make_estimator(n)): n for n in ESTIMATOR_NAMES}
+    cli_name: dict[str, str] = {}
+    for n in ESTIMATORS:
+        cli_name.setdefault(estimator_name(make_estimator(n)), n)
     words = ["vigrad", "fit", args.model]
     if args.particles is not None:
         words += ["--particles", str(args.particles)]
@@ -371,9 +347,6 @@ def _fit_command(args: argparse.Namespace, chosen: dict) -> str:
     return line
 
 
-KERNEL_NAMES = ("sgld", "psgld", "sghmc", "sgldcv", "sgldcv-pre")
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
     import arviz as az
     import jax
@@ -389,15 +362,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
             "the plate over observations. Add DATA_PLATE = '<plate name>' to the model's file."
         )
     data = dict(zm.load_data())
-    kernels = {
-        "sgld": sgmcmc.SGLD,
-        "psgld": sgmcmc.pSGLD,
-        "sghmc": sgmcmc.SGHMC,
-        "sgldcv": sgmcmc.SGLDCV,
-        "sgldcv-pre": sgmcmc.PreconditionedSGLDCV,
-    }
     # A placeholder when the pilot below chooses the step size.
-    kernel = kernels[args.kernel](step_size=1e-4 if args.step_size is None else args.step_size)
+    step_size = 1e-4 if args.step_size is None else args.step_size
+    kernel = KERNELS.build(args.kernel, step_size=step_size)
     select_key, sample_key = jax.random.split(jax.random.key(args.seed))
     if args.step_size is None:
         t0 = time.perf_counter()
@@ -613,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="SITE=NAME",
-        help=f"estimator for a guide site; NAME in {', '.join(ESTIMATOR_NAMES)} (repeatable; "
+        help=f"estimator for a guide site; NAME in {', '.join(ESTIMATORS)} (repeatable; "
         "default: the model's ESTIMATORS, else Reparam where the site can be reparameterised, "
         "else Score)",
     )
@@ -675,7 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     smp = add("sample", "stochastic-gradient MCMC on a zoo model")
     smp.add_argument("model", help="zoo model name or path to a .py file (needs DATA_PLATE)")
-    smp.add_argument("--kernel", default="sgld", choices=KERNEL_NAMES, help="SG-MCMC kernel")
+    smp.add_argument("--kernel", default="sgld", choices=list(KERNELS), help="SG-MCMC kernel")
     smp.add_argument(
         "--step-size",
         type=POSITIVE_FLOAT,
