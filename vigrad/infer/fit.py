@@ -28,6 +28,7 @@ from vigrad.infer.describe import array_summary, describe
 from vigrad.infer.driver import Checkpointing, Step, default_chunk_size, run_chunks
 from vigrad.infer.static import join_static, split_static
 from vigrad.objectives.base import Objective
+from vigrad.reprs import fields_repr
 
 
 class NonFiniteLossWarning(RuntimeWarning):
@@ -57,6 +58,20 @@ class FitResult:
     num_steps: int
     diverged_at: int | None = None
     message: str | None = None
+
+    def __repr__(self) -> str:
+        """Steps, final loss, the fitted parameters' shapes and how the run ended; no arrays."""
+        final = float(f"{float(self.losses[-1]):.6g}") if len(self.losses) else None
+        return fields_repr(
+            self,
+            {
+                "num_steps": self.num_steps,
+                "final_loss": final,
+                "params": self.params,
+                "diverged_at": self.diverged_at,
+                "message": self.message,
+            },
+        )
 
 
 def init_params(

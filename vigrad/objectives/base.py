@@ -21,6 +21,7 @@ from vigrad.estimators.base import Estimator
 from vigrad.objectives.context import ProgramContext, _Run
 from vigrad.objectives.surrogate import init_control_variate_states, surrogate_objective
 from vigrad.objectives.transform import Estimate, Evaluation, transform
+from vigrad.reprs import arguments_repr
 
 STATE_SITE = "vigrad$state"
 """Name under which an objective's state travels in NumPyro's mutable state."""
@@ -56,6 +57,12 @@ class Objective(_NumPyroELBO):
         super().__init__(num_particles=int(num_particles))
         self.assignment = Assignment(estimators, default=self.default_estimator)
         self.leave_one_out = bool(leave_one_out)
+
+    def __repr__(self) -> str:
+        """``ELBO(num_particles=4, estimators={'z': PathGradient()})``: non-default arguments."""
+        return arguments_repr(
+            self, {"estimators": self.assignment.by_name or self.assignment.by_site}
+        )
 
     @property
     def name(self) -> str:

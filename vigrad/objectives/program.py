@@ -31,6 +31,7 @@ from vigrad.estimators.assignment import EstimatorSpec
 from vigrad.objectives.base import Objective
 from vigrad.objectives.context import ProgramContext
 from vigrad.objectives.transform import Estimate
+from vigrad.reprs import arguments_repr
 
 
 def log_mean_exp(x: jax.Array, axis: int = 0) -> jax.Array:
@@ -96,6 +97,11 @@ class LogWeightProgram(Program):
     @property
     def name(self) -> str:
         return getattr(self.log_weight_fn, "__name__", type(self).__name__)
+
+    def __repr__(self) -> str:
+        # The user's F(log_w), not the program built from it, is the ``fn`` it was given.
+        spec = self.assignment.by_name or self.assignment.by_site
+        return arguments_repr(self, {"fn": self.log_weight_fn, "estimators": spec})
 
     def _over_particles(self, p: ProgramContext) -> jax.Array:
         return self.log_weight_fn(p.particles(self.num_particles).log_w)

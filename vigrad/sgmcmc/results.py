@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from vigrad.errors import VigradError
+from vigrad.reprs import fields_repr
 from vigrad.sgmcmc.convergence import Convergence
 
 
@@ -45,6 +46,21 @@ class SGMCMCResult(NamedTuple):
     kwargs: dict | None = None
     data_plate: str | None = None
     num_data: int | None = None
+
+    def __repr__(self) -> str:
+        """The kernel, the draws' shapes, the run's length and the convergence verdict."""
+        converged = None if self.convergence is None else bool(self.convergence.ok)
+        return fields_repr(
+            self,
+            {
+                "kernel": self.kernel,
+                "samples": self.samples,
+                "num_warmup": self.num_warmup,
+                "num_steps": self.num_steps,
+                "thinning": self.thinning,
+                "converged": converged,
+            },
+        )
 
     def to_inference_data(
         self,
