@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from vigrad.estimators.reparam import Reparam
     from vigrad.estimators.score import Score
     from vigrad.infer.fit import FitResult, NonFiniteLossWarning, fit
+    from vigrad.infer.stream import BatchIterator, Minibatches
     from vigrad.objectives.base import Objective
     from vigrad.objectives.context import Draw, Particles, ProgramContext
     from vigrad.objectives.dreg import DReG
@@ -98,6 +99,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "vigrad.estimators.reparam": ("Reparam",),
     "vigrad.estimators.score": ("Score",),
     "vigrad.infer.fit": ("FitResult", "NonFiniteLossWarning", "fit"),
+    "vigrad.infer.stream": ("BatchIterator", "Minibatches"),
     "vigrad.objectives.base": ("Objective",),
     "vigrad.objectives.context": ("Draw", "Particles", "ProgramContext"),
     "vigrad.objectives.dreg": ("DReG",),
@@ -116,6 +118,7 @@ _SUBMODULES = frozenset(
 )
 
 __all__ = [
+    "BatchIterator",
     "check_unbiased",
     "CheckpointError",
     "compare_estimators",
@@ -146,6 +149,7 @@ __all__ = [
     "log_mean_exp",
     "log_importance_weights",
     "ModelGuideMismatchError",
+    "Minibatches",
     "MovingAverage",
     "MVD",
     "nn",

@@ -34,6 +34,7 @@ import numpy as np
 
 from vigrad.infer.checkpoint import resume_checkpoint, save_checkpoint
 from vigrad.infer.progress import ChunkProgress
+from vigrad.infer.sharding import host_copy
 
 CACHE_SIZE = 64
 """Compiled chunk functions kept; the least recently used one is dropped past this."""
@@ -66,8 +67,6 @@ class Checkpointing:
         from_history: the inverse of ``to_history``.
         resume: ``True``, ``False`` or ``"extend"``, as :func:`resume_checkpoint` takes it.
         extendable: entries of ``run`` that may differ with ``resume="extend"``.
-        host_state: ``host_state(state) -> state`` whose arrays every process can read (an
-            all-gather across processes); the identity on one process.
     """
 
     path: str | os.PathLike
@@ -78,7 +77,6 @@ class Checkpointing:
     from_history: Callable
     resume: bool | str = False
     extendable: Collection[str] = ("num_steps",)
-    host_state: Callable = lambda state: state
 
 
 @dataclasses.dataclass
@@ -234,6 +232,7 @@ def run_chunks(
             new_carry, buffer, bad, mask = run(
                 carry, consts, x, first, jnp.asarray(n, jnp.int32), chunk_size, thinning
             )
+            bad, mask = host_copy((bad, mask))
             bad = int(bad)
             if bad >= 0:
                 if bad > step:
@@ -254,12 +253,12 @@ def run_chunks(
 
 def _head(buffer: Any, k: int) -> Any:
     """The first ``k`` slots of a chunk's output buffer, on the host."""
-    return jax.tree.map(lambda b: np.asarray(b)[:k], buffer)
+    return jax.tree.map(lambda b: np.asarray(b)[:k], host_copy(buffer))
 
 
 def _save(c: Checkpointing, carry: Any, consts: Any, step: int, outputs: Any) -> None:
     """Write the checkpoint once, from process 0, with every process's shards gathered."""
-    state = c.host_state(c.pack(carry, consts, step))
+    state = host_copy(c.pack(carry, consts, step))
     if jax.process_index() == 0:
         history = c.to_history(outputs) if outputs is not None else {}
         save_checkpoint(c.path, state, c.run, history=history)

@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -26,7 +26,18 @@ from numpyro.handlers import replay, seed, substitute, trace
 
 from vigrad.infer.describe import array_summary, describe
 from vigrad.infer.driver import Checkpointing, Step, default_chunk_size, run_chunks
+from vigrad.infer.sharding import (
+    DATA,
+    axis_size,
+    data_plate_size,
+    make_mesh,
+    particles_over,
+    place,
+    place_data,
+    replicate,
+)
 from vigrad.infer.static import join_static, split_static
+from vigrad.infer.stream import Minibatches, as_stream
 from vigrad.objectives.base import Objective
 from vigrad.reprs import fields_repr
 
@@ -171,6 +182,8 @@ def _fit_step(
         params_u, opt_state, obj_state = carry
         base_key, dynamic = consts
         args, kwargs = join_static(dynamic, static_key)
+        if x is not None:
+            kwargs = {**kwargs, **x}
         key = jax.random.fold_in(base_key, t)
 
         def loss_fn(pu):
@@ -201,6 +214,10 @@ def fit(
     init_values: dict[str, jax.Array] | None = None,
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool | str = False,
+    devices: int | Sequence[jax.Device] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    data_plate: str | None = None,
+    stream: Minibatches | Iterable | None = None,
     **kwargs: Any,
 ) -> FitResult:
     """Fit ``guide`` to ``model`` by maximising ``objective`` with ``optimizer``.
@@ -221,6 +238,16 @@ def fit(
             to an uninterrupted run); the checkpoint must come from the same parameters,
             objective, optimiser, key, ``init_values`` and ``num_steps``.
             ``"extend"``: the same, but ``num_steps`` may differ (continue a run further).
+            A checkpoint resumes on any device count.
+        devices: split the data plate over this many devices (or these devices): data-parallel.
+        mesh: a ``jax.sharding.Mesh`` with a ``"data"`` axis (data-parallel), a ``"particles"``
+            axis (particle-parallel), or both; see the scaling page of the docs. Parameters and
+            states are replicated; the result equals a one-device fit to floating-point rounding.
+        data_plate: the plate whose data is split over ``"data"`` (default: the subsampled plate,
+            or the largest); array arguments with its size as leading axis are split.
+        stream: minibatches fed from the host (:class:`vigrad.Minibatches` over NumPy arrays or
+            memmaps, or an iterable of ``{name: array}`` batches): step ``t``'s batch is passed to
+            the model as keyword arguments, a chunk's worth transferred at a time.
 
     Returns:
         A :class:`FitResult`. If the loss or a gradient becomes NaN or infinite, the run stops, a
@@ -239,8 +266,22 @@ def fit(
             f"fit() needs a vigrad objective such as vigrad.ELBO(), got {type(objective).__name__}"
         )
     chunk_size = int(chunk_size or default_chunk_size(num_steps))
+    mesh = make_mesh(devices, mesh)
+    stream = None if stream is None else as_stream(stream)
     dynamic, static_key = split_static(args, kwargs)
     init_key, base_key = jax.random.split(rng_key)
+    feed = None
+    if stream is not None:
+        # Traced with a real minibatch, which then varies per step; chunks fit the memory cap.
+        kwargs = {**kwargs, **stream.example()}
+        if stream.max_device_bytes is not None:
+            chunk_size = min(chunk_size, stream.max_device_bytes // stream.step_bytes)
+            if chunk_size < 1:
+                raise ValueError(
+                    f"one step's minibatch ({stream.step_bytes} bytes) is larger than "
+                    f"max_device_bytes={stream.max_device_bytes}; raise the cap or shrink the batch"
+                )
+        feed = _feed(stream, mesh, chunk_size)
 
     params_u, cons = init_params(
         init_key, model, guide, args, kwargs, multi_sample=objective.multi_sample_guide
@@ -270,19 +311,28 @@ def fit(
     elif resume not in (False, True, "extend"):
         raise ValueError(f"resume must be True, False or 'extend', got {resume!r}")
 
-    config = ("vigrad.fit", model, guide, objective, optimizer, static_key, cons_key)
+    carry, consts = (params_u, opt_state, obj_state), (base_key, dynamic)
+    if mesh is not None:
+        num_data = None
+        if stream is None and axis_size(mesh, DATA) > 1:
+            num_data = data_plate_size(model, args, kwargs, data_plate)
+        carry = replicate(carry, mesh)
+        consts = (replicate(base_key, mesh), place_data(dynamic, mesh, num_data))
+    config = ("vigrad.fit", model, guide, objective, optimizer, static_key, cons_key, mesh)
     build = functools.partial(_fit_step, model, guide, objective, optimizer, static_key, cons_key)
-    result = run_chunks(
-        config,
-        build,
-        (params_u, opt_state, obj_state),
-        (base_key, dynamic),
-        num_steps,
-        chunk_size,
-        progress_bar=progress_bar,
-        summary=lambda out: {"loss": float(np.mean(out.loss))},
-        checkpointing=checkpointing,
-    )
+    with particles_over(mesh):
+        result = run_chunks(
+            config,
+            build,
+            carry,
+            consts,
+            num_steps,
+            chunk_size,
+            feed=feed,
+            progress_bar=progress_bar,
+            summary=lambda out: {"loss": float(np.mean(out.loss))},
+            checkpointing=checkpointing,
+        )
 
     params_u, opt_state, obj_state = result.carry
     diverged_at = result.bad_step
@@ -305,6 +355,20 @@ def fit(
         diverged_at=diverged_at,
         message=message,
     )
+
+
+def _feed(stream, mesh: jax.sharding.Mesh | None, chunk_size: int) -> Callable:
+    """A chunk's minibatches, ``[chunk_size, batch, ...]``, split over ``data`` on a mesh."""
+    if mesh is None:
+        return lambda step, n: stream.chunk(step, n, chunk_size)
+    spec = jax.sharding.PartitionSpec(None, DATA if axis_size(mesh, DATA) > 1 else None)
+    if stream.batch_size % axis_size(mesh, DATA):
+        raise ValueError(
+            f"the minibatch of {stream.batch_size} rows does not split evenly over "
+            f"{axis_size(mesh, DATA)} devices on the '{DATA}' axis; use a batch size they divide"
+        )
+    sharding = jax.sharding.NamedSharding(mesh, spec)
+    return lambda step, n: place(stream.chunk(step, n, chunk_size), sharding)
 
 
 def _pack(carry: tuple, consts: tuple, step: int) -> dict:

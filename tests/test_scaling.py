@@ -1,0 +1,261 @@
+"""Fits across devices (data- and particle-parallel), streamed data, checkpoints across device
+counts, and a two-process ``jax.distributed`` fit.
+
+Several devices are simulated on the CPU (``--xla_force_host_platform_device_count``) in a
+subprocess, since the device count is fixed when JAX starts.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+import pytest
+
+import vigrad
+
+COMMON = textwrap.dedent(
+    """
+    import os, sys
+    import jax, jax.numpy as jnp, numpy as np, numpyro, numpyro.distributions as dist, optax
+    jax.config.update("jax_enable_x64", True)
+    import vigrad
+
+    X = jax.random.normal(jax.random.key(0), (64,)) + 1.0
+
+    def model(x):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        with numpyro.plate("data", x.shape[0]):
+            numpyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    def subsampled(x):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        with numpyro.plate("data", x.shape[0], subsample_size=16):
+            numpyro.sample("x", dist.Normal(mu, 1.0), obs=numpyro.subsample(x, event_dim=0))
+
+    def streamed(x, num_data):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        with numpyro.plate("data", num_data, subsample_size=x.shape[0]):
+            numpyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    def guide(*args, **kwargs):
+        m = numpyro.param("m", 0.0)
+        s = numpyro.param("s", 1.0, constraint=dist.constraints.positive)
+        numpyro.sample("mu", dist.Normal(m, s))
+
+    def fit(model, objective, num_steps, *args, **kw):
+        return vigrad.fit(model, guide, objective, optax.adam(0.05), num_steps, jax.random.key(1),
+                          *args, progress_bar=False, chunk_size=10, **kw)
+
+    def same(a, b, what):
+        np.testing.assert_allclose(a.losses, b.losses, rtol=1e-10, atol=1e-10, err_msg=what)
+        for name in a.params:
+            np.testing.assert_allclose(a.params[name], b.params[name], rtol=1e-10, err_msg=what)
+    """
+)
+
+SHARDED = COMMON + textwrap.dedent(
+    """
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from vigrad.infer.sharding import constrain_particles, particles_over
+    assert jax.device_count() == 4
+    grid = Mesh(np.array(jax.devices()).reshape(2, 2), ("data", "particles"))
+    cases = [
+        ("ELBO, path gradient, full data", model, vigrad.ELBO(4), dict(devices=4)),
+        ("IWELBO, subsampled plate", subsampled, vigrad.IWELBO(8), dict(mesh=grid)),
+        ("ELBO, score with a moving-average baseline", model,
+         vigrad.ELBO(4, estimators={"mu": vigrad.Score(vigrad.MovingAverage())}), dict(devices=4)),
+    ]
+    for what, m, objective, kw in cases:
+        one, many = fit(m, objective, 30, X), fit(m, objective, 30, X, **kw)
+        same(one, many, what)
+        assert len(many.params["m"].sharding.device_set) == 4, what
+        assert jax.tree.leaves(many.state) == [] or all(
+            len(x.sharding.device_set) == 4 for x in jax.tree.leaves(many.state)), what
+
+    # A particle block's keys are split over the particles axis, and what is computed from them.
+    with particles_over(grid):
+        f = jax.jit(lambda k: jax.vmap(lambda k: jax.random.normal(k, (3,)))(
+            constrain_particles(jax.random.split(k, 8))))
+        out = f(jax.random.key(0))
+    assert out.sharding.spec[0] == "particles", out.sharding
+
+    # Streamed minibatches split over the data axis equal the one-device stream.
+    data = np.asarray(X)
+    stream = lambda: vigrad.Minibatches(8, x=data)
+    one = fit(streamed, vigrad.ELBO(2), 30, stream=stream(), num_data=64)
+    four = fit(streamed, vigrad.ELBO(2), 30, stream=stream(), num_data=64, devices=4)
+    same(one, four, "streamed")
+
+    # A checkpoint written on 4 devices resumes on 2; the result equals an uninterrupted run.
+    path = sys.argv[1]
+    fit(model, vigrad.ELBO(4), 20, X, devices=4, checkpoint_path=path)
+    resumed = fit(model, vigrad.ELBO(4), 40, X, devices=2, checkpoint_path=path, resume="extend")
+    same(fit(model, vigrad.ELBO(4), 40, X), resumed, "resumed on 2 devices")
+    assert len(resumed.params["m"].sharding.device_set) == 2
+    print("OK")
+    """
+)
+
+
+def run_script(script, *argv, env=None, timeout=600):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-c", script, *map(str, argv)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def test_fits_over_four_devices_equal_one_device(tmp_path):
+    out = run_script(SHARDED, tmp_path / "ckpt.npz")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("OK")
+
+
+X = jnp.array([0.5, 1.2, -0.3, 2.0, 0.9, 1.4])
+
+
+def streamed_model(x, num_data):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    with numpyro.plate("data", num_data, subsample_size=x.shape[0]):
+        numpyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+
+def guide(*args, **kwargs):
+    m = numpyro.param("m", 0.0)
+    s = numpyro.param("s", 1.0, constraint=dist.constraints.positive)
+    numpyro.sample("mu", dist.Normal(m, s))
+
+
+def test_streamed_memmap_larger_than_the_memory_cap_fits_the_exact_posterior(tmp_path):
+    n, batch, cap = 2000, 100, 4000
+    data = np.lib.format.open_memmap(tmp_path / "x.npy", "w+", np.float64, (n,))
+    data[:] = np.random.default_rng(0).normal(0.7, 1.0, n)
+    data.flush()
+    source = vigrad.Minibatches(
+        batch, x=np.load(tmp_path / "x.npy", mmap_mode="r"), seed=3, max_device_bytes=cap
+    )
+    assert data.nbytes >= 4 * cap
+    chunks = []
+    chunk = source.chunk
+    source.chunk = lambda *a: chunks.append(chunk(*a)) or chunks[-1]
+    result = vigrad.fit(
+        streamed_model,
+        guide,
+        vigrad.ELBO(4),
+        optax.adam(optax.cosine_decay_schedule(0.1, 2000)),
+        2000,
+        jax.random.key(0),
+        num_data=n,
+        stream=source,
+        progress_bar=False,
+    )
+    assert max(c["x"].nbytes for c in chunks) <= cap
+    post_mean = data.sum() / (n + 1)
+    # Without the plate's N / B scaling the posterior sd would be 1 / sqrt(B + 1) = 0.1, not 0.022.
+    assert abs(float(result.params["m"]) - post_mean) < 0.01
+    assert abs(float(result.params["s"]) - 1 / np.sqrt(n + 1)) < 0.01
+
+
+def test_stream_from_an_iterator_and_its_errors():
+    batches = ({"x": np.full(3, float(t))} for t in range(5))
+    result = vigrad.fit(
+        streamed_model,
+        guide,
+        vigrad.ELBO(2),
+        optax.adam(0.05),
+        4,
+        jax.random.key(0),
+        num_data=30,
+        stream=batches,
+        chunk_size=3,
+        progress_bar=False,
+    )
+    assert result.num_steps == 4
+    with pytest.raises(ValueError, match="ran out after 2 batches"):
+        vigrad.fit(
+            streamed_model,
+            guide,
+            vigrad.ELBO(2),
+            optax.adam(0.05),
+            4,
+            jax.random.key(0),
+            num_data=30,
+            stream=iter([{"x": np.zeros(3)}] * 2),
+            progress_bar=False,
+        )
+    with pytest.raises(ValueError, match="larger than max_device_bytes=8"):
+        vigrad.fit(
+            streamed_model,
+            guide,
+            vigrad.ELBO(2),
+            optax.adam(0.05),
+            4,
+            jax.random.key(0),
+            num_data=30,
+            stream=vigrad.Minibatches(3, x=np.zeros(30), max_device_bytes=8),
+            progress_bar=False,
+        )
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+DISTRIBUTED = COMMON + textwrap.dedent(
+    """
+    port, pid, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2,
+                               process_id=pid)
+    assert jax.device_count() == 4 and jax.local_device_count() == 2
+    result = fit(model, vigrad.ELBO(4), 30, np.asarray(X), devices=4, checkpoint_path=path)
+    np.save(f"{path}.{pid}.npy", result.losses)
+    print("OK", pid)
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_processes_with_jax_distributed(tmp_path):
+    """Two local processes of two CPU devices each fit with the data split over all four; both
+    see the single-device losses and process 0 alone writes the checkpoint."""
+    port, path = free_port(), tmp_path / "ckpt.npz"
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", DISTRIBUTED, str(port), str(i), str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env},
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, stderr) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, stderr[-3000:]
+    single = run_script(COMMON + SINGLE, path.with_suffix(".single.npy"), env=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    reference = np.load(path.with_suffix(".single.npy"))
+    for i in range(2):
+        np.testing.assert_allclose(np.load(f"{path}.{i}.npy"), reference, rtol=1e-10)
+    assert path.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+SINGLE = textwrap.dedent(
+    """
+    np.save(sys.argv[1], fit(model, vigrad.ELBO(4), 30, np.asarray(X)).losses)
+    """
+)
