@@ -214,16 +214,27 @@ def free_port():
         return s.getsockname()[1]
 
 
-DISTRIBUTED = COMMON + textwrap.dedent(
-    """
-    port, pid, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2,
-                               process_id=pid)
-    assert jax.device_count() == 4 and jax.local_device_count() == 2
-    result = fit(model, vigrad.ELBO(4), 30, np.asarray(X), devices=4, checkpoint_path=path)
-    np.save(f"{path}.{pid}.npy", result.losses)
-    print("OK", pid)
-    """
+DISTRIBUTED = (
+    textwrap.dedent(
+        """
+        import sys
+        import jax
+        port, pid, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+        # Collectives between CPU processes go through gloo.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2,
+                                   process_id=pid)
+        """
+    )
+    + COMMON
+    + textwrap.dedent(
+        """
+        assert jax.device_count() == 4 and jax.local_device_count() == 2
+        result = fit(model, vigrad.ELBO(4), 30, np.asarray(X), devices=4, checkpoint_path=path)
+        np.save(f"{path}.{pid}.npy", result.losses)
+        print("OK", pid)
+        """
+    )
 )
 
 
