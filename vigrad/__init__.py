@@ -114,7 +114,18 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 # Subpackages reachable as attributes after a bare ``import vigrad``, as when it imported them all.
 _SUBMODULES = frozenset(
-    ("diagnostics", "errors", "estimators", "flows", "infer", "nn", "objectives", "sgmcmc", "zoo")
+    (
+        "diagnostics",
+        "errors",
+        "estimators",
+        "flows",
+        "infer",
+        "nn",
+        "objectives",
+        "registry",
+        "sgmcmc",
+        "zoo",
+    )
 )
 
 __all__ = [
