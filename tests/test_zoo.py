@@ -63,6 +63,9 @@ def test_zoo_model_traces_with_its_recommended_estimators(name):
         for site, ref in zm.reference["sites"].items():
             assert site in tr, f"reference site {site} not in the model"
             assert len(ref["mean"]) == max(1, int(np.prod(tr[site].shape)))
+            # Thinned NUTS draws, so plots show the reference's own marginal, not a Gaussian.
+            assert ref["draws"].shape[1] == len(ref["mean"]), site
+            np.testing.assert_allclose(ref["draws"].mean(0), ref["mean"], atol=0.2, rtol=0.1)
 
 
 def test_every_zoo_file_ships_in_the_wheel():

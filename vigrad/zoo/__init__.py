@@ -8,7 +8,9 @@ A zoo file is an ordinary Python module exposing:
 * optionally ``ESTIMATORS`` (a mapping from guide site to estimator), ``NUM_PARTICLES``, ``STEPS``,
   ``LEARNING_RATE``, ``DATA_PLATE`` (the name of the plate over observations, for SG-MCMC
   minibatching) and ``REFERENCE`` (a JSON file beside it with the reference posterior: per site
-  ``{"mean": [...], "sd": [...]}`` from a long NUTS run, written by ``scripts/make_references.py``).
+  ``{"mean": [...], "sd": [...]}`` from a long NUTS run, written by ``scripts/make_references.py``,
+  with thinned NUTS draws per site in ``<name>.draws.npz`` beside it, which plots draw as the
+  reference histogram).
 
 The zoo's files live in ``vigrad/zoo/models/`` (``models_dir()``; ``$VIGRAD_MODELS`` points the
 zoo at another folder) with their data in ``data/`` and reference posteriors in ``reference/``.
@@ -127,7 +129,7 @@ def load_model(name_or_path: str | os.PathLike) -> ZooModel:
         )
     ref_name = getattr(module, "REFERENCE", None)
     ref_path = None if ref_name is None else path.parent / ref_name
-    reference = json.loads(ref_path.read_text()) if ref_path and ref_path.is_file() else None
+    reference = _read_reference(ref_path) if ref_path and ref_path.is_file() else None
     doc = (module.__doc__ or path.stem).strip().splitlines()[0]
     return ZooModel(
         name=path.stem,
@@ -144,3 +146,18 @@ def load_model(name_or_path: str | os.PathLike) -> ZooModel:
         reference_path=ref_path,
         reference=reference,
     )
+
+
+def _read_reference(path: Path) -> dict[str, Any]:
+    """The reference summary, with each site's thinned NUTS draws ``[S_ref, n_elements]`` under
+    ``sites[name]["draws"]`` when the draws file exists."""
+    reference = json.loads(path.read_text())
+    draws_path = path.with_suffix(".draws.npz")
+    if draws_path.is_file():
+        import numpy as np
+
+        with np.load(draws_path) as draws:
+            for name, site in reference["sites"].items():
+                if name in draws.files:
+                    site["draws"] = draws[name]
+    return reference
