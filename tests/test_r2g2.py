@@ -579,7 +579,7 @@ def test_no_module_level_mutable_state():
         f"vigrad.estimators.{m.name}" for m in pkgutil.iter_modules(vigrad.estimators.__path__)
     ]
     names += [f"vigrad.nn.{m.name}" for m in pkgutil.iter_modules(vigrad.nn.__path__)]
-    names += ["vigrad.objectives.particles", "vigrad.registry"]
+    names += ["vigrad.objectives.particles", "vigrad.registry", "vigrad.traces"]
     names += [f"vigrad.diagnostics.{m}" for m in ("select", "gradients", "psis")]
     mutable = []
     for name in names:

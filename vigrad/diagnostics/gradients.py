@@ -23,13 +23,21 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
-from numpyro.handlers import replay, seed, substitute, trace
 
 from vigrad.errors import EstimatorError
 from vigrad.estimators.assignment import Assignment
 from vigrad.estimators.base import Estimator
 from vigrad.objectives.base import Objective
 from vigrad.objectives.elbo import ELBO
+from vigrad.traces import ensure_prototype, trace_model_and_guide
+
+__all__ = [
+    "GradientStats",
+    "ensure_prototype",
+    "gradient_variance",
+    "make_objective",
+    "param_constraints",
+]
 
 
 @dataclasses.dataclass
@@ -132,32 +140,18 @@ def _require_fixed(objective: Objective, fixed: Estimator, estimators: Mapping |
         )
 
 
-def ensure_prototype(guide: Callable, args: tuple, kwargs: dict) -> None:
-    """Run an autoguide once (eagerly, seeded) if it has not built its prototype yet: it needs
-    concrete values for that, so it cannot be traced abstractly before."""
-    if getattr(guide, "prototype_trace", False) is None:
-        seed(guide, 0)(*args, **kwargs)
-
-
 def param_constraints(
     model: Callable, guide: Callable, params: Mapping[str, Any], args: tuple, kwargs: dict
 ) -> dict[str, Any]:
     """The constraint of every ``numpyro.param`` site of the guide and the model named in ``params``."""
-    ensure_prototype(guide, args, kwargs)
-    found = {}
-
-    def run(params):
-        # Traced abstractly: only the sites' constraints are wanted, so nothing is computed.
-        guide_tr = trace(seed(substitute(guide, data=params), 0)).get_trace(*args, **kwargs)
-        model_fn = seed(replay(substitute(model, data=params), guide_tr), 0)
-        model_tr = trace(model_fn).get_trace(*args, **kwargs)
-        for tr in (guide_tr, model_tr):
-            for name, site in tr.items():
-                if site["type"] == "param" and name in params:
-                    found[name] = site["kwargs"].get("constraint", constraints.real)
-
-    jax.eval_shape(run, dict(params))
-    return found
+    # Traced abstractly: only the sites' constraints are wanted, so nothing is computed.
+    traced = trace_model_and_guide(model, guide, args, kwargs, params=params, abstract=True)
+    return {
+        name: site["kwargs"].get("constraint", constraints.real)
+        for sites in traced
+        for name, site in sites.params.items()
+        if name in params
+    }
 
 
 def _key_list(key: jax.Array, n: int) -> list[jax.Array]:

@@ -27,10 +27,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from numpyro.distributions import Delta
-from numpyro.handlers import replay, seed, substitute, trace
 
-from vigrad.diagnostics.gradients import ensure_prototype
+from vigrad.traces import ensure_prototype, trace_model_and_guide, values
 
 GOOD = 0.5
 """Below this k-hat the importance weights have finite variance."""
@@ -182,37 +180,25 @@ def draw_with_weights(
 
     def one(key):
         key_guide, key_model = jax.random.split(key)
-        guide_tr = trace(seed(substitute(guide, data=params), key_guide)).get_trace(*args, **kwargs)
-        model_fn = seed(replay(substitute(model, data=params), guide_tr), key_model)
-        model_tr = trace(model_fn).get_trace(*args, **kwargs)
-        log_p = {n: _scaled_sum(s) for n, s in model_tr.items() if s["type"] == "sample"}
-        log_q = {
-            n: _scaled_sum(s)
-            for n, s in guide_tr.items()
-            if s["type"] == "sample" and not s["is_observed"]
-        }
+        traced = trace_model_and_guide(
+            model, guide, args, kwargs, params=params, guide_key=key_guide, model_key=key_model
+        )
+        log_p = {n: _scaled_sum(s) for n, s in traced.model.samples.items()}
+        log_q = {n: _scaled_sum(s) for n, s in traced.guide.latent.items()}
         log_w = sum(log_p.values(), start=jnp.zeros(())) - sum(log_q.values(), start=jnp.zeros(()))
-        values = {
-            n: s["value"]
-            for n, s in model_tr.items()
-            if (s["type"] == "sample" and not s["is_observed"]) or s["type"] == "deterministic"
-        }
         site_lw = {}
-        for n, s in model_tr.items():
-            if s["type"] != "sample" or s["is_observed"] or parents is None:
-                continue
-            g = guide_tr.get(n)
-            if g is None or g["type"] != "sample" or isinstance(g["fn"], Delta):
-                continue
-            local = [lp for m, lp in log_p.items() if n in parents.get(m, ())]
-            site_lw[n] = sum(local, start=jnp.zeros(())) - log_q[n]
-        return values, log_w, site_lw
+        drawn = traced.guide.sampled
+        for n in traced.model.latent if parents is not None else ():
+            if n in drawn:
+                local = [lp for m, lp in log_p.items() if n in parents.get(m, ())]
+                site_lw[n] = sum(local, start=jnp.zeros(())) - log_q[n]
+        return values({**traced.model.latent, **traced.model.deterministic}), log_w, site_lw
 
     keys = jax.random.split(rng_key, int(num_samples))
-    values, log_w, site_lw = jax.jit(jax.vmap(one))(keys)
+    drawn, log_w, site_lw = jax.jit(jax.vmap(one))(keys)
     observed = _observed(model, guide, params, args, kwargs)
     return Draws(
-        values={k: np.asarray(v) for k, v in values.items()},
+        values={k: np.asarray(v) for k, v in drawn.items()},
         observed=observed,
         log_weights=np.asarray(log_w),
         site_log_weights={k: np.asarray(v) for k, v in site_lw.items()},
@@ -222,18 +208,14 @@ def draw_with_weights(
 def _observed(model: Callable, guide: Callable, params: dict, args: tuple, kwargs: dict) -> dict:
     """The model's observed data, found by tracing abstractly (data are concrete constants there;
     an observed value computed from parameters is not data and is left out)."""
-    found = {}
-
-    def run(params):
-        guide_tr = trace(seed(substitute(guide, data=params), 0)).get_trace(*args, **kwargs)
-        model_fn = seed(replay(substitute(model, data=params), guide_tr), 0)
-        for n, s in trace(model_fn).get_trace(*args, **kwargs).items():
-            concrete = not isinstance(s["value"], jax.core.Tracer)
-            if s["type"] == "sample" and s["is_observed"] and concrete and not n.startswith("_"):
-                found[n] = np.asarray(s["value"])
-
-    jax.eval_shape(run, params)
-    return found
+    observed = trace_model_and_guide(
+        model, guide, args, kwargs, params=params, abstract=True
+    ).model.observed
+    return {
+        n: np.asarray(s["value"])
+        for n, s in observed.items()
+        if not isinstance(s["value"], jax.core.Tracer) and not n.startswith("_")
+    }
 
 
 def site_khats(draws: Draws) -> dict[str, float]:

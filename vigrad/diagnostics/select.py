@@ -19,19 +19,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-from numpyro.distributions import Delta
-from numpyro.handlers import seed, substitute, trace
 from numpyro.ops.provenance import eval_provenance
 
-from vigrad.diagnostics.gradients import (
-    GradientStats,
-    ensure_prototype,
-    gradient_variance,
-    make_objective,
-)
+from vigrad.diagnostics.gradients import GradientStats, gradient_variance, make_objective
 from vigrad.errors import VigradError
 from vigrad.estimators.base import Estimator
 from vigrad.registry import ESTIMATORS, is_candidate
+from vigrad.traces import trace_program, values
 
 
 def estimator_name(estimator: Estimator) -> str:
@@ -79,18 +73,7 @@ def guide_sites(
     guide: Callable, params: Mapping[str, Any], args: tuple, kwargs: dict
 ) -> dict[str, dict]:
     """The guide's sampled latent sites (not observed, not point masses), traced abstractly."""
-    ensure_prototype(guide, args, kwargs)
-    sites: dict[str, dict] = {}
-
-    def run(params):
-        tr = trace(seed(substitute(guide, data=params), 0)).get_trace(*args, **kwargs)
-        for name, site in tr.items():
-            if site["type"] == "sample" and not site["is_observed"]:
-                if not isinstance(site["fn"], Delta):
-                    sites[name] = site
-
-    jax.eval_shape(run, dict(params))
-    return sites
+    return trace_program(guide, args, kwargs, params=params, abstract=True).sampled
 
 
 def site_parameters(
@@ -104,19 +87,11 @@ def site_parameters(
     the guide) are measured on all parameters.
     """
     params = {k: jax.numpy.asarray(v) for k, v in params.items()}
-    tr = trace(seed(substitute(guide, data=params), 0)).get_trace(*args, **kwargs)
-    values = {
-        n: s["value"] for n, s in tr.items() if s["type"] == "sample" and not s["is_observed"]
-    }
+    latent = values(trace_program(guide, args, kwargs, params=params).latent)
 
     def fn_leaves(**p):
-        g = substitute(seed(substitute(guide, data=p), 0), data=values)
-        t = trace(g).get_trace(*args, **kwargs)
-        return {
-            n: jax.tree.leaves(s["fn"])
-            for n, s in t.items()
-            if s["type"] == "sample" and not s["is_observed"]
-        }
+        sites = trace_program(guide, args, kwargs, params=p, data=latent).latent
+        return {n: jax.tree.leaves(s["fn"]) for n, s in sites.items()}
 
     try:
         prov = eval_provenance(fn_leaves, **params)
@@ -475,8 +450,8 @@ def _refuse_positional_candidates(where: str, args: tuple) -> None:
     keyword (it used to be positional in ``compare_estimators``)."""
     first = args[0] if args else None
     if isinstance(first, Mapping) and first:
-        values = [e for v in first.values() for e in (v if isinstance(v, Sequence) else [v])]
-        if values and all(isinstance(e, Estimator) for e in values):
+        given = [e for v in first.values() for e in (v if isinstance(v, Sequence) else [v])]
+        if given and all(isinstance(e, Estimator) for e in given):
             raise TypeError(
                 f"{where}(): candidates is keyword-only (the arguments after params go to the "
                 f"model and guide); pass it as {where}(model, guide, params, *args, "

@@ -22,6 +22,7 @@ from vigrad.errors import EstimatorError
 from vigrad.estimators.assignment import Assignment, EstimatorSpec
 from vigrad.estimators.r2g2 import R2G2, GaussianNoise, LocalReparam
 from vigrad.objectives.particles import GuideSites
+from vigrad.traces import Sites, trace_program, values
 
 _MAP = "$map"
 
@@ -42,15 +43,12 @@ def check_declared_maps(
     own ``infer={"estimator": ...}`` wins over it, as in the objective.
     """
     rng_key = jax.random.PRNGKey(0) if rng_key is None else rng_key
-    guide_tr = trace(seed(guide, rng_key)).get_trace(*args, **kwargs)
-    params = {n: s["value"] for n, s in guide_tr.items() if s["type"] == "param"}
-    latents = {
-        n: s["value"] for n, s in guide_tr.items() if s["type"] == "sample" and not s["is_observed"]
-    }
+    guide_sites = trace_program(guide, args, kwargs, rng_key=rng_key)
+    params, latents = values(guide_sites.params), values(guide_sites.latent)
     assignment = Assignment(estimators)
     declared = {}
-    for name in latents:
-        est = assignment.resolve(guide_tr[name])
+    for name, site in guide_sites.latent.items():
+        est = assignment.resolve(site)
         if isinstance(est, R2G2 | LocalReparam):
             declared[name] = est
     if not declared:
@@ -72,10 +70,8 @@ def check_declared_maps(
             return None
 
         m = substitute(seed(substitute(model, data=params), rng_key), substitute_fn=latent_value)
-        model_tr = trace(GuideSites(m, sites)).get_trace(*args, **kwargs)
-        return {
-            n: s["fn"].log_prob(s["value"]) for n, s in model_tr.items() if s["type"] == "sample"
-        }
+        model_sites = Sites(trace(GuideSites(m, sites)).get_trace(*args, **kwargs))
+        return {n: s["fn"].log_prob(s["value"]) for n, s in model_sites.samples.items()}
 
     inputs = dict(latents)
     inputs.update({name + _MAP: latents[name] for name in declared})

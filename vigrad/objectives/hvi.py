@@ -47,10 +47,7 @@ from vigrad.objectives.base import Objective
 from vigrad.objectives.context import ProgramContext
 from vigrad.objectives.elbo import ELBO
 from vigrad.objectives.program import log_mean_exp
-
-
-def _latent_values(tr: dict) -> dict[str, jax.Array]:
-    return {n: s["value"] for n, s in tr.items() if s["type"] == "sample" and not s["is_observed"]}
+from vigrad.traces import Sites, values
 
 
 class HierarchicalModel:
@@ -69,7 +66,7 @@ class HierarchicalModel:
     def __call__(self, *args: Any, **kwargs: Any) -> None:
         with trace() as tr:
             self.model(*args, **kwargs)
-        self.reverse(_latent_values(tr), *args, **kwargs)
+        self.reverse(values(Sites(tr).latent), *args, **kwargs)
 
     def __repr__(self) -> str:
         return f"with_reverse({self.model!r}, {self.reverse!r})"

@@ -30,6 +30,7 @@ from vigrad.estimators.assignment import Assignment
 from vigrad.estimators.base import Estimator
 from vigrad.estimators.enum import branch_value, num_branches
 from vigrad.estimators.log_prob import log_prob
+from vigrad.traces import Sites, trace_program, values
 
 
 class ParticleDraw(NamedTuple):
@@ -150,8 +151,8 @@ class _SampleWithEstimators(Messenger):
 def _analytic_kl(model_tr: dict, guide_tr: dict, sampler: _SampleWithEstimators) -> dict:
     """Site -> ``KL(q || p)`` (scaled, summed) for sampled latent sites where it is known."""
     out = {}
-    for name, model_site in model_tr.items():
-        if model_site["type"] != "sample" or model_site["is_observed"] or name not in guide_tr:
+    for name, model_site in Sites(model_tr).latent.items():
+        if name not in guide_tr:
             continue
         if name in sampler.enumerated or name in sampler.measure_valued:
             continue
@@ -167,12 +168,11 @@ def _analytic_kl(model_tr: dict, guide_tr: dict, sampler: _SampleWithEstimators)
 def _check_prior_order(model, args, kwargs, params, guide_tr: dict, kl_sites: dict) -> None:
     """``E_q[log p(z | pa) - log q(z | .)] = -KL`` only if the prior's parents ``pa`` are drawn
     before ``z`` in the guide (NumPyro's mean-field requirement): check it by provenance."""
-    order = [n for n, s in guide_tr.items() if s["type"] == "sample" and not s["is_observed"]]
-    latents = {n: guide_tr[n]["value"] for n in order}
+    latents = values(Sites(guide_tr).latent)
+    order = list(latents)
 
-    def priors(**values):
-        m = substitute(seed(substitute(model, data=params), 0), data=values)
-        tr = trace(m).get_trace(*args, **kwargs)
+    def priors(**latent):
+        tr = trace_program(model, args, kwargs, params=params, data=latent).trace
         return {n: jax.tree.leaves(tr[n]["fn"]) for n in kl_sites}
 
     for name, leaves in eval_provenance(priors, **latents).items():
@@ -188,7 +188,7 @@ def _check_prior_order(model, args, kwargs, params, guide_tr: dict, kl_sites: di
 
 
 def _mutable_values(tr: dict) -> dict[str, Any]:
-    return {n: s["value"] for n, s in tr.items() if s["type"] == "mutable"}
+    return values(Sites(tr).mutable)
 
 
 def _estimator_log_q(name: str, est: Estimator, fn: Any, value: jax.Array) -> jax.Array:
@@ -288,12 +288,10 @@ def _is_concrete(x: Any) -> bool:
 
 
 def _check_traces(model_tr: dict, guide_tr: dict, assignment: Assignment) -> None:
-    sampled = {n for n, s in guide_tr.items() if s["type"] == "sample" and not s["is_observed"]}
-    deltas = {n for n in sampled if isinstance(guide_tr[n]["fn"], Delta)}
-    assignment.check_names(sampled - deltas, deltas)
-    for name, site in model_tr.items():
-        if site["type"] != "sample":
-            continue
+    guide_sites = Sites(guide_tr)
+    sampled = set(guide_sites.sampled)
+    assignment.check_names(sampled, set(guide_sites.latent) - sampled)
+    for name, site in Sites(model_tr).samples.items():
         if site["is_observed"]:
             value = site["value"]
             if _is_concrete(value) and jnp.issubdtype(jnp.result_type(value), jnp.inexact):
@@ -326,12 +324,11 @@ def _downstream(
         m = substitute(seed(substitute(model, data=params), 0), substitute_fn=substitute_latent)
         guide_tr = trace(g).get_trace(*args, **kwargs)
         model_tr = trace(replay(m, guide_tr)).get_trace(*args, **kwargs)
-        densities = []
-        for tr in (model_tr, guide_tr):
-            densities.append(
-                {n: s["fn"].log_prob(s["value"]) for n, s in tr.items() if s["type"] == "sample"}
-            )
-        return densities[0], densities[1]
+        model_log_p, guide_log_q = (
+            {n: s["fn"].log_prob(s["value"]) for n, s in Sites(tr).samples.items()}
+            for tr in (model_tr, guide_tr)
+        )
+        return model_log_p, guide_log_q
 
     return eval_provenance(log_densities, **latents)
 
@@ -376,14 +373,10 @@ def trace_particle(
     mutable.update(_mutable_values(model_tr))
 
     log_p_sites = {
-        n: _scaled(s, log_prob(s["fn"], s["value"]))
-        for n, s in model_tr.items()
-        if s["type"] == "sample"
+        n: _scaled(s, log_prob(s["fn"], s["value"])) for n, s in Sites(model_tr).samples.items()
     }
     log_q_sites = {}
-    for n, s in guide_tr.items():
-        if s["type"] != "sample":
-            continue
+    for n, s in Sites(guide_tr).samples.items():
         est = chosen.get(n)
         if n in sampler.log_q_terms:
             lq = sampler.log_q_terms[n]
@@ -442,23 +435,21 @@ def trace_particle(
 
     log_p = sum((jnp.sum(v) for v in log_p_sites.values()), start=jnp.zeros(()))
     log_q = sum((jnp.sum(v) for v in log_q_sites.values()), start=jnp.zeros(()))
-    latent = lambda tr: tuple(
-        n for n, s in tr.items() if s["type"] == "sample" and not s["is_observed"]
-    )
+    guide_sites = Sites(guide_tr)
     sites = ParticleSites(
         estimators=dict(chosen),
         score_sites=score_sites,
         enumerated=dict(sampler.enumerated),
         measure_valued=dict(sampler.measure_valued),
-        guide_params=frozenset(n for n, s in guide_tr.items() if s["type"] == "param"),
-        guide_latents=latent(guide_tr),
-        model_latents=latent(model_tr),
+        guide_params=frozenset(guide_sites.params),
+        guide_latents=tuple(guide_sites.latent),
+        model_latents=tuple(Sites(model_tr).latent),
     )
-    values = {n: guide_tr[n]["value"] for n in sites.guide_latents}
+    latent_values = {n: guide_tr[n]["value"] for n in sites.guide_latents}
     draw = ParticleDraw(
         log_p,
         log_q,
-        values,
+        latent_values,
         score_log_q,
         cost_p,
         cost_q,
