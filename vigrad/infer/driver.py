@@ -2,9 +2,9 @@
 
 A run iterates a pure step ``step(carry, t, consts, x) -> (carry, out)`` for ``t = start, ...,
 stop - 1``. ``consts`` are arrays fixed for the run (data, keys); ``x`` is step ``t``'s slice of the
-chunk's *feed* (streamed minibatches, see :func:`run_chunks`), ``None`` without one. Steps run on the
-device in compiled chunks; between chunks the host shows progress, checks for divergence and writes
-a checkpoint.
+chunk's inputs: minibatches fed from the host (see :func:`run_chunks`), or computed on the device
+for the whole chunk (:class:`Step`), or ``None``. Steps run on the device in compiled chunks;
+between chunks the host shows progress, checks for divergence and writes a checkpoint.
 
 The chunk's trip count ``n`` is a traced argument and its per-step outputs go into a buffer of
 static size (the chunk size), so the first chunk, a short last one and the replay after a
@@ -47,10 +47,15 @@ class Step(NamedTuple):
         step: ``step(carry, t, consts, x) -> (carry, out)``; ``t`` is an ``int32`` scalar.
         finite: ``finite(carry, out) -> bool array`` after a step, false where it diverged (its
             shape is the caller's: a scalar, or one entry per chain); ``None`` checks nothing.
+        inputs: ``inputs(consts, start, size, fed) -> xs``, the inputs of a chunk's ``size``
+            steps from ``start`` (leading axis ``size``), computed on the device before its loop:
+            work that is cheaper vectorised than once per step (deriving every step's keys in
+            one call). ``fed`` is the chunk's feed or ``None``. ``None``: ``xs`` is the feed.
     """
 
     step: Callable
     finite: Callable | None = None
+    inputs: Callable | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,10 +133,11 @@ def compiled_chunk(config: Hashable, build: Callable[[], Step]) -> Callable:
 
 
 def _jit_chunk(fns: Step) -> Callable:
-    step, finite = fns
+    step, finite, inputs = fns
 
     def chunk(carry, consts, feed, start, n, size, thinning):
-        first_x = None if feed is None else jax.tree.map(lambda a: a[0], feed)
+        xs = feed if inputs is None else inputs(consts, start, size, feed)
+        first_x = None if xs is None else jax.tree.map(lambda a: a[0], xs)
         shapes = jax.eval_shape(step, carry, start, consts, first_x)
         slots = -(-size // thinning)
         buffer = jax.tree.map(lambda o: jnp.zeros((slots, *o.shape), o.dtype), shapes[1])
@@ -144,7 +150,7 @@ def _jit_chunk(fns: Step) -> Callable:
         def body(j, loop):
             carry, buffer, bad, mask = loop
             t = start + j
-            x = None if feed is None else jax.tree.map(lambda a: a[j], feed)
+            x = None if xs is None else jax.tree.map(lambda a: a[j], xs)
             carry, out = step(carry, t, consts, x)
             # The slot j // thinning is overwritten until the last step of its group.
             buffer = jax.tree.map(
