@@ -18,9 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 from numpyro.distributions import Delta
-from numpyro.handlers import seed, substitute, trace
 from numpyro.infer import autoguide
 from numpyro.primitives import Messenger
+
+from vigrad.traces import trace_program
 
 MEAN_FIELD = (autoguide.AutoNormal, autoguide.AutoDiagonalNormal)
 FULL_RANK = (
@@ -45,8 +46,7 @@ def is_point_mass(guide: Callable, params: dict, args: tuple, kwargs: dict) -> b
         return False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        tr = trace(seed(substitute(guide, data=params), 0)).get_trace(*args, **kwargs)
-    sites = [s for s in tr.values() if s["type"] == "sample" and not s["is_observed"]]
+        sites = list(trace_program(guide, args, kwargs, params=params).latent.values())
     auxiliary = any(s.get("infer", {}).get("is_auxiliary") for s in sites)
     return bool(sites) and not auxiliary and all(isinstance(s["fn"], Delta) for s in sites)
 

@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
-from numpyro.handlers import seed, substitute, trace
+
+from vigrad.traces import trace_program
 
 CHUNK = 256
 """Draws evaluated together under ``vmap`` (bounds memory to ``CHUNK`` x data size per site)."""
@@ -42,11 +43,9 @@ def pointwise_log_likelihood(
     def one(values):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            tr = trace(seed(substitute(model, data=values), 0)).get_trace(*args, **kwargs)
+            observed = trace_program(model, args, kwargs, params=values).observed
         return {
-            n: s["fn"].log_prob(s["value"])
-            for n, s in tr.items()
-            if s["type"] == "sample" and s["is_observed"] and not n.startswith("_")
+            n: s["fn"].log_prob(s["value"]) for n, s in observed.items() if not n.startswith("_")
         }
 
     out = jax.jit(lambda v: jax.lax.map(one, v, batch_size=CHUNK))(flat)

@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtri
-from numpyro.handlers import seed, substitute, trace
 
 from vigrad.errors import EstimatorError
 from vigrad.estimators.assignment import Assignment
@@ -39,6 +38,7 @@ from vigrad.estimators.enum import Enumerate
 from vigrad.estimators.reparam import Reparam
 from vigrad.estimators.score import Score
 from vigrad.objectives.base import Objective
+from vigrad.traces import trace_program, values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +104,8 @@ def _gradient_samples(objective, model, guide, args, kwargs, params, key, num):
 def _initial_params(model, guide, args, kwargs, key) -> dict:
     params = {}
     for program in (guide, model):
-        tr = trace(seed(substitute(program, data=params), key)).get_trace(*args, **kwargs)
-        params.update({n: s["value"] for n, s in tr.items() if s["type"] == "param"})
+        sites = trace_program(program, args, kwargs, params=params, rng_key=key)
+        params.update(values(sites.params))
     return params
 
 
