@@ -142,7 +142,10 @@ PARAMS = {"loc": jnp.array([0.8, 0.1]), "scale": jnp.array([0.4, 0.3])}
 PAIRS = {
     "Trace_ELBO": (numpyro.infer.Trace_ELBO(), vigrad.ELBO()),
     "TraceMeanField_ELBO": (numpyro.infer.TraceMeanField_ELBO(), vigrad.ELBO(analytic_kl=True)),
-    "TraceGraph_ELBO": (numpyro.infer.TraceGraph_ELBO(), vigrad.ELBO(estimators=lambda site: vigrad.Score())),
+    "TraceGraph_ELBO": (
+        numpyro.infer.TraceGraph_ELBO(),
+        vigrad.ELBO(estimators=lambda site: vigrad.Score()),
+    ),
     "RenyiELBO": (
         numpyro.infer.RenyiELBO(alpha=0.5, num_particles=4),
         vigrad.RenyiELBO(alpha=0.5, num_particles=4),
@@ -216,23 +219,19 @@ def test_multi_sample_guide_loss_and_gradient_distributed_as_numpyros(estimator)
     jax.tree.map(_same_mean, loss_and_grad(theirs), loss_and_grad(ours))
 
 
-def test_multi_sample_guide_fits_the_posterior():
+def test_multi_sample_guide_fits_the_posterior_under_svi_and_fit():
     # Each of the S independent samples scores the same ELBO: the optimum is the exact posterior.
-    n = Y.shape[0]
-    precision = n + 1 / 4
-    schedule = optax.exponential_decay(0.05, 400, 0.05)
-    result = vigrad.fit(
-        mean_model,
-        sample_guide,
-        vigrad.ELBO(multi_sample_guide=True),
-        optax.adam(schedule),
-        400,
-        jax.random.key(4),
-        Y,
-        progress_bar=False,
-    )
-    np.testing.assert_allclose(result.params["m"], jnp.sum(Y) / precision, atol=0.03)
-    np.testing.assert_allclose(result.params["s"], precision**-0.5, atol=0.03)
+    precision = Y.shape[0] + 1 / 4
+    optimizer = optax.adam(optax.exponential_decay(0.05, 400, 0.05))
+    loss = vigrad.ELBO(multi_sample_guide=True)
+    svi = numpyro.infer.SVI(mean_model, sample_guide, optimizer, loss)
+    under_svi = svi.run(jax.random.key(4), 400, Y, progress_bar=False).params
+    under_fit = vigrad.fit(
+        mean_model, sample_guide, loss, optimizer, 400, jax.random.key(4), Y, progress_bar=False
+    ).params
+    for params in (under_svi, under_fit):
+        np.testing.assert_allclose(params["m"], jnp.sum(Y) / precision, atol=0.03)
+        np.testing.assert_allclose(params["s"], precision**-0.5, atol=0.03)
 
 
 def test_several_samples_per_site_without_the_option_is_refused():
