@@ -1,4 +1,5 @@
-"""Monte Carlo check that a gradient estimator's mean is the exact gradient (see TESTING.md).
+"""Monte Carlo check that a gradient estimator's mean is the exact gradient (see docs/contributing.md,
+"How vigrad proves its estimators right").
 
 For each coordinate, z = (mean - exact) / (sd / sqrt(M)) over M independent estimates; an unbiased
 estimator keeps max |z| below a Bonferroni threshold (4.5 for a few dozen coordinates at a 1e-4
