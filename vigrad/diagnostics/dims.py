@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
-from numpyro.handlers import seed, trace
+
+from vigrad.traces import trace_program
 
 
 def plate_dims(
@@ -36,12 +37,10 @@ def plate_dims(
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        tr = trace(seed(model, jax.random.key(0))).get_trace(*args, **(kwargs or {}))
+        sites = trace_program(model, args, kwargs, rng_key=jax.random.key(0))
     out_dims: dict[str, list[str]] = {}
     out_coords: dict[str, np.ndarray] = {}
-    for name, site in tr.items():
-        if site["type"] not in ("sample", "deterministic"):
-            continue
+    for name, site in {**sites.samples, **sites.deterministic}.items():
         shape = np.shape(site["value"])
         event = len(site["fn"].event_shape) if site["type"] == "sample" else 0
         names = [f"{name}_dim_{i}" for i in range(len(shape))]
