@@ -1,6 +1,5 @@
 """SG-MCMC kernels and driver on models with closed-form posteriors."""
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -46,15 +45,15 @@ def sgld_stationary_variance(x, eps, batch):
     return (eps + eps**2 * noise_var / 4) / (1 - rho**2), rho
 
 
-@dataclasses.dataclass(frozen=True)
-class HotSGLD(sg.SGLD):
+def hot_step(rng_key, state, grad, step_size):
     """Negative control: BlackJAX's noise √(2ε) with this package's ε/2 drift (temperature 2)."""
+    z = jax.random.normal(rng_key, state.position["mu"].shape)
+    mu = state.position["mu"] + 0.5 * step_size * grad["mu"] + jnp.sqrt(2 * step_size) * z
+    return sg.SGLDState({"mu": mu})
 
-    def step(self, rng_key, state, grad_fn, step_size):
-        g = grad_fn(state.position)
-        z = jax.random.normal(rng_key, state.position["mu"].shape)
-        mu = state.position["mu"] + 0.5 * step_size * g["mu"] + jnp.sqrt(2 * step_size) * z
-        return sg.SGLDState({"mu": mu})
+
+def HotSGLD(step_size):  # noqa: N802
+    return sg.Kernel.of(sg.Update(sg.sgld.init, hot_step), sg.Minibatch(), step_size)
 
 
 SGLD_EPS, SGLD_BATCH, SGLD_STEPS, SGLD_CHAINS = 5e-4, 20, 4000, 8
@@ -459,6 +458,46 @@ def test_schedule_and_init_params(data):
     assert np.all(np.abs(fixed.samples["mu"][:, 0] - np.asarray(start["mu"])) < 0.5)
     with pytest.raises(ValueError, match="init_params"):
         sg.sample(gaussian_mean, sg.SGLD(5e-4), 20, 8, 3, jax.random.PRNGKey(13), data, **common)
+
+
+def count_compilations(fn):
+    """XLA compilations while ``fn()`` runs (every jit, eager op or pilot that compiles)."""
+    events = []
+
+    def listen(name, secs, **kwargs):
+        if name == "/jax/core/compile/backend_compile_duration":
+            events.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        fn()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    return len(events)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda eps, labels: sg.SGLD(eps),
+        lambda eps, labels: sg.DSGLD(eps, shards=labels, local_steps=5),
+        lambda eps, labels: sg.FSGLD(eps, shards=labels, local_steps=5),
+    ],
+    ids=["SGLD", "DSGLD", "FSGLD"],
+)
+def test_second_run_with_the_same_shapes_compiles_nothing(make, data):
+    """New data, shard labels, step size and key of the same shapes reuse every compilation."""
+    labels = jnp.repeat(jnp.arange(4), N // 4)
+
+    def run(eps, labels, x, key):
+        common = dict(progress_bar=False, check=False)
+        sg.sample(gaussian_mean, make(eps, labels), 40, 10, 2, key, x, **common)
+
+    first = count_compilations(lambda: run(1e-3, labels, data, jax.random.PRNGKey(0)))
+    assert first > 0
+    other_labels, other_data, other_key = labels[::-1], data + 1.0, jax.random.PRNGKey(1)
+    second = count_compilations(lambda: run(2e-3, other_labels, other_data, other_key))
+    assert second == 0
 
 
 def test_fsgld_approximations_must_match_shards_and_latents(data):

@@ -7,7 +7,7 @@ interleaved and repeated; the table reports medians and the vigrad / BlackJAX ra
 Part 2, accuracy: error of the posterior mean and standard deviation against a long NUTS run, and
 wall time (compilation included), for SGLD, pSGLD, SGHMC and SGLD-CV.
 
-    .venv/bin/python benchmarks/sgmcmc/bench.py [--quick]
+    .venv/bin/python benchmarks/sgmcmc/bench.py [--quick] [--speed-only] [--repeats R]
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from numpyro.infer import MCMC, NUTS
 
 import vigrad.sgmcmc as sg
 from vigrad.infer.static import split_static
-from vigrad.sgmcmc.minibatch import Target
-from vigrad.sgmcmc.sample import _build_chunk
+from vigrad.sgmcmc.minibatch import Problem, Target
+from vigrad.sgmcmc.sample import constant_step_size, run_chunk
 
 N, D, BATCH = 100_000, 10, 256
 SGHMC_L = 10
@@ -52,13 +52,16 @@ def vigrad_loop(kernel, x, y, steps, key):
     """The compiled loop :func:`vigrad.sgmcmc.sample` runs, built the same way, one chain."""
     target = Target(model, (x, y), {}, key)
     dynamic, static_key = split_static((x, y), {})
-    run = _build_chunk(target, kernel, BATCH, static_key)
+    problem = Problem(target, dynamic, static_key, BATCH)
     carry = jax.vmap(kernel.init)({"w": jnp.zeros((1, D))})
     keys = jax.random.split(key, 1)
     i32 = lambda v: jnp.asarray(v, jnp.int32)  # noqa: E731
+    static, eps = kernel.static(), constant_step_size(kernel)
 
     def go():
-        out = run(carry, i32(0), i32(steps), i32(1), keys, (), dynamic, steps, steps)
+        out = run_chunk(
+            static, problem, carry, i32(0), i32(steps), i32(1), keys, eps, (), steps, steps
+        )
         return jax.block_until_ready(out[1]["w"])
 
     return go
@@ -100,6 +103,9 @@ def speed(x, y, steps, repeats):
         "vigrad SGLD": vigrad_loop(sg.SGLD(eps), x, y, steps, key),
         # BlackJAX's step size h is half of vigrad's ε (h = ε/2, noise √(2h)).
         "blackjax sgld": blackjax_loop(blackjax.sgld, x, y, steps, key, eps / 2),
+        # BlackJAX has no pSGLD: vigrad's pSGLD (RMSprop preconditioner, more work per step) is
+        # compared with BlackJAX's plain sgld, the cheapest BlackJAX step.
+        "vigrad pSGLD": vigrad_loop(sg.pSGLD(3e-3), x, y, steps, key),
         "vigrad SGHMC": vigrad_loop(sg.SGHMC(1e-4, friction=200.0), x, y, steps, key),
         # BlackJAX's sghmc redraws the momentum at every call and runs L integration steps with
         # one minibatch; with L = 1 the gradient never reaches the output and is compiled away,
@@ -114,19 +120,42 @@ def speed(x, y, steps, repeats):
         go()
         compile_s[name] = time.perf_counter() - t
     times = {name: [] for name in loops}
+    cpu = {name: [] for name in loops}
     for _ in range(repeats):
         for name, go in loops.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             go()
             times[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
     med = {name: statistics.median(ts) for name, ts in times.items()}
+    med_cpu = {name: statistics.median(ts) for name, ts in cpu.items()}
     print(f"\n## Speed: {steps} steps, batch {BATCH}, one chain, median of {repeats} interleaved")
-    print("| sampler | first call (s, compile+run) | median run (s) | gradient steps/s |")
-    print("|---|---|---|---|")
+    print(
+        "| sampler | first call (s, compile+run) | median run (s) | median CPU (s) "
+        "| gradient steps/s (wall) | gradient steps/s (CPU) |"
+    )
+    print("|---|---|---|---|---|---|")
     for name in loops:
-        print(f"| {name} | {compile_s[name]:.2f} | {med[name]:.3f} | {steps / med[name]:,.0f} |")
-    for a, b in [("vigrad SGLD", "blackjax sgld"), ("vigrad SGHMC", "blackjax sghmc")]:
-        print(f"\n{a} / {b} steps-per-second ratio: {med[b] / med[a]:.2f}")
+        print(
+            f"| {name} | {compile_s[name]:.2f} | {med[name]:.3f} | {med_cpu[name]:.3f} "
+            f"| {steps / med[name]:,.0f} | {steps / med_cpu[name]:,.0f} |"
+        )
+    pairs = [
+        ("vigrad SGLD", "blackjax sgld"),
+        ("vigrad pSGLD", "blackjax sgld"),
+        ("vigrad SGHMC", "blackjax sghmc"),
+    ]
+    for a, b in pairs:
+        # The ratio of each interleaved repeat, then their median: load that changes between
+        # repeats affects both members of a pair alike. CPU time (all threads of this process) is
+        # less sensitive to other jobs on a shared machine than wall time.
+        for label, table in [("wall", times), ("CPU", cpu)]:
+            ratios = sorted(tb / ta for ta, tb in zip(table[a], table[b], strict=True))
+            spread = ", ".join(f"{r:.2f}" for r in ratios)
+            print(
+                f"{a} / {b} steps-per-second ratio ({label} time): median "
+                f"{statistics.median(ratios):.2f} (per repeat, sorted: {spread})"
+            )
 
 
 def accuracy(x, y, num_samples, num_warmup, quick):
@@ -179,10 +208,15 @@ def accuracy(x, y, num_samples, num_warmup, quick):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer steps, for a smoke run")
+    parser.add_argument("--speed-only", action="store_true", help="skip the accuracy part")
+    parser.add_argument("--repeats", type=int, default=None, help="speed repeats (default 7)")
     opts = parser.parse_args()
     x, y = make_data(jax.random.PRNGKey(0))
     print(f"jax {jax.__version__}, blackjax {blackjax.__version__}, devices {jax.devices()}")
-    speed(x, y, steps=2000 if opts.quick else 20_000, repeats=3 if opts.quick else 7)
+    repeats = opts.repeats or (3 if opts.quick else 7)
+    speed(x, y, steps=2000 if opts.quick else 20_000, repeats=repeats)
+    if opts.speed_only:
+        return
     accuracy(
         x,
         y,

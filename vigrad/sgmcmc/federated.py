@@ -13,11 +13,17 @@ of that shard only.
 
 Shard layouts (``shards=``): an int K (contiguous, near-equal split of the plate's N points), an
 integer array of N shard labels in 0..K-1, or a sequence of K disjoint index arrays covering 0..N-1.
+
+Composition: :class:`Shards` is DSGLD's gradient estimator, :class:`Conducive` wraps it and adds
+the conducive gradient; both run under the SGLD update rule (:mod:`vigrad.sgmcmc.sgld`). The layout
+and the approximations are data: computed once by ``prepare`` and passed to the compiled loop as
+arrays, so another label array of the same shapes reuses the compilation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -27,12 +33,13 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from vigrad.errors import DataError
-from vigrad.sgmcmc.kernels import SGLD
-from vigrad.sgmcmc.minibatch import Target
+from vigrad.sgmcmc.kernel import data_field
+from vigrad.sgmcmc.minibatch import Position, Problem
 
 
 class ShardLayout(NamedTuple):
-    """Shard k holds ``table[k, :sizes[k]]`` (rows padded with index 0); ``probs`` are the f_s."""
+    """Shard k holds ``table[k, :sizes[k]]`` (rows padded with the shard's first index); ``probs``
+    are the f_s."""
 
     table: jax.Array
     sizes: jax.Array
@@ -81,6 +88,7 @@ def shard_layout(shards: Any, num_data: int, probs: Any = None) -> ShardLayout:
     sizes = np.array([len(g) for g in groups])
     table = np.zeros((len(groups), sizes.max()), np.int32)
     for s, g in enumerate(groups):
+        table[s] = g[0]
         table[s, : len(g)] = g
     if probs is None:
         f = sizes / num_data
@@ -151,93 +159,102 @@ def _with_leaves(args: tuple, kwargs: dict, mask: list[bool], replacements: list
     )
 
 
+def hashable_devices(devices: Any) -> int | tuple | None:
+    """``devices`` as an int, a tuple or ``None``, so that a kernel's static part hashes."""
+    if devices is None or isinstance(devices, int):
+        return devices
+    return tuple(devices)
+
+
+def _mesh(devices: int | tuple) -> jax.sharding.Mesh:
+    devs = jax.devices()[:devices] if isinstance(devices, int) else devices
+    return jax.sharding.Mesh(np.array(list(devs)), ("clients",))
+
+
 @dataclasses.dataclass(frozen=True)
-class DSGLD(SGLD):
-    """Distributed SGLD: rounds of ``local_steps`` SGLD steps on one shard picked with prob. f_s.
+class Shards:
+    """DSGLD's estimator: rounds of ``local_steps`` steps on one shard picked with prob. f_s,
 
-    ``probs`` defaults to f_s = N_s / N. The chain's randomness fixes the shard sequence, so a run
-    does not depend on how it is cut into compiled chunks.
+        ĝ = ∇ log p(θ) + (N_s / (f_s n)) Σ_{i∈B⊂s} ∇ log p(x_i|θ),
 
-    ``devices`` (an int or a list of devices) places the shards on devices with ``shard_map``: the
-    per-point arguments (leading axis of length N) are regrouped by shard and split over a
+    unbiased over the shard choice (Ahn, Shahbaba & Welling, ICML 2014). ``probs`` defaults to
+    f_s = N_s / N. The chain's own key fixes the shard sequence, so a run does not depend on how it
+    is cut into compiled chunks.
+
+    ``devices`` (an int or a sequence of devices) places the shards on devices with ``shard_map``:
+    the per-point arguments (leading axis of length N) are regrouped by shard and split over a
     ``clients`` mesh axis, K must be a multiple of the number of devices, and the model's plate
     size must follow the data's leading axis (``numpyro.plate('data', x.shape[0])``). Each device
-    evaluates only its own shards' data and the devices exchange one gradient per step
-    (``psum``); the data never moves.
+    evaluates only its own shards' data and the devices exchange one gradient per step (``psum``);
+    the data never moves.
     """
 
-    shards: Any = 1
+    shards: Any = data_field(1)
     local_steps: int = 1
-    probs: Any = None
-    devices: Any = None
+    probs: Any = data_field()
+    devices: int | tuple | None = None
 
-    def _layout(self, target: Target) -> ShardLayout:
-        return shard_layout(self.shards, target.num_data, self.probs)
+    def __post_init__(self):
+        object.__setattr__(self, "devices", hashable_devices(self.devices))
 
-    def _approx(self, target, layout, position, args, kwargs) -> GaussianApprox | None:
-        return None
-
-    def prepare(self, target, batch_size, rng_key, position, args, kwargs) -> FederatedAux:
-        layout = self._layout(target)
-        approx = self._approx(target, layout, position, args, kwargs)
+    def prepare(self, problem: Problem, rng_key: jax.Array, position: Position) -> FederatedAux:
+        layout = shard_layout(self.shards, problem.num_data, self.probs)
         clients = None
         if self.devices is not None:
-            clients = self._place_clients(target, layout, args, kwargs)
-        return FederatedAux(jax.tree.map(jnp.asarray, layout), approx, clients)
+            clients = self._place_clients(problem, layout)
+        return FederatedAux(jax.tree.map(jnp.asarray, layout), None, clients)
 
-    def _mesh(self) -> jax.sharding.Mesh:
-        devs = jax.devices()[: self.devices] if isinstance(self.devices, int) else self.devices
-        return jax.sharding.Mesh(np.array(list(devs)), ("clients",))
+    def start(self, aux: FederatedAux) -> None:
+        return None
 
-    def _place_clients(self, target, layout, args, kwargs) -> list:
-        mesh = self._mesh()
+    def _place_clients(self, problem: Problem, layout: ShardLayout) -> list:
+        mesh = _mesh(self.devices)
         num_shards, width = layout.table.shape
         if num_shards % mesh.size:
             raise DataError(
                 f"unknown shard layout: {num_shards} shards cannot be spread evenly over "
                 f"{mesh.size} devices; use a multiple of {mesh.size} shards"
             )
-        mask = _per_point(args, kwargs, target.num_data)
+        args, kwargs = problem.arguments()
+        mask = _per_point(args, kwargs, problem.num_data)
         if not any(mask):
             raise DataError(
                 "unknown shard layout: no model argument has one row per data point (leading "
-                f"axis of length {target.num_data}), so there is nothing to place on clients"
+                f"axis of length {problem.num_data}), so there is nothing to place on clients"
             )
-        local = [
-            x[layout.table[0]]
-            for x, m in zip(jax.tree.leaves((args, kwargs)), mask, strict=True)
-            if m
-        ]
-        a, k = _with_leaves(args, kwargs, mask, local)
-        plate = target.plate_size(a, k)
+        leaves = [x for x, m in zip(jax.tree.leaves((args, kwargs)), mask, strict=True) if m]
+        a, k = _with_leaves(args, kwargs, mask, [x[layout.table[0]] for x in leaves])
+        plate = problem.target.plate_size(a, k)
         if plate != width:
             raise DataError(
                 f"unknown shard layout: with one client's {width} rows the plate "
-                f"'{target.plate}' has size {plate}; placing shards on devices needs the plate "
-                "size to follow the data, e.g. numpyro.plate('data', x.shape[0])"
+                f"'{problem.target.plate}' has size {plate}; placing shards on devices needs the "
+                "plate size to follow the data, e.g. numpyro.plate('data', x.shape[0])"
             )
         spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("clients"))
-        leaves = [x for x, m in zip(jax.tree.leaves((args, kwargs)), mask, strict=True) if m]
         return [jax.lax.with_sharding_constraint(x[layout.table], spec) for x in leaves]
 
-    def _shard_gradient(
-        self, target, aux, position, t, rng_key, chain_key, batch_size, args, kwargs
-    ):
-        layout = aux.layout
-        # The shard sequence belongs to the chain (its own key), so it is constant within a round.
-        s = _round_shard(layout, chain_key, t, self.local_steps)
-        weight = layout.sizes[s] / (layout.probs[s] * target.num_data)
-        if aux.clients is None:
-            idx = _shard_batch(layout, s, rng_key, batch_size)
-            return s, target.grad(position, idx, args, kwargs, lik_weight=weight)
-        return s, self._client_gradient(target, aux, position, s, rng_key, batch_size, args, kwargs)
+    def round_shard(self, aux: FederatedAux, t: jax.Array, chain_key: jax.Array) -> jax.Array:
+        """The shard of the round holding step t (constant within a round)."""
+        return _round_shard(aux.layout, chain_key, t, self.local_steps)
 
-    def _client_gradient(self, target, aux, position, s, rng_key, batch_size, args, kwargs):
-        mesh = self._mesh()
-        mask = _per_point(args, kwargs, target.num_data)
+    def estimate(self, problem, aux: FederatedAux, position, rng_key, t, chain_key) -> Position:
+        layout = aux.layout
+        s = self.round_shard(aux, t, chain_key)
+        if aux.clients is None:
+            weight = layout.sizes[s] / (layout.probs[s] * problem.num_data)
+            idx = _shard_batch(layout, s, rng_key, problem.batch_size)
+            return problem.grad(position, idx, lik_weight=weight)
+        return self._client_gradient(problem, aux, position, s, rng_key)
+
+    def _client_gradient(self, problem, aux, position, s, rng_key):
+        mesh = _mesh(self.devices)
+        args, kwargs = problem.arguments()
+        mask = _per_point(args, kwargs, problem.num_data)
         num_shards, width = aux.layout.table.shape
         per_device = num_shards // mesh.size
         P = jax.sharding.PartitionSpec
+        target, batch_size = problem.target, problem.batch_size
 
         def local(position, s, rng_key, sizes, probs, *clients):
             j = s - jax.lax.axis_index("clients") * per_device
@@ -263,70 +280,73 @@ class DSGLD(SGLD):
         )
         return fn(position, s, rng_key, aux.layout.sizes, aux.layout.probs, *aux.clients)
 
-    def gradient(self, target, aux, position, t, rng_key, chain_key, batch_size, args, kwargs):
-        _, g = self._shard_gradient(
-            target, aux, position, t, rng_key, chain_key, batch_size, args, kwargs
-        )
-        return g
-
 
 @dataclasses.dataclass(frozen=True)
-class FSGLD(DSGLD):
-    """Federated SGLD: DSGLD plus the conducive gradient of Gaussian shard approximations.
+class Conducive:
+    """FSGLD's estimator (El Mekkaoui, Mesquita, Blomstedt & Kaski, UAI 2021): the shard gradient
+    of ``shards`` plus the conducive gradient g_cg,s(θ) of Gaussian shard approximations q_k.
 
-    ``approximations``: a :class:`GaussianApprox` over the flattened unconstrained latents (site
-    names in sorted order), e.g. from a vigrad VI fit per shard. By default each q_k is a Laplace
-    approximation of shard k's likelihood times p(θ)^(1/K) (the prior fraction keeps q_k proper when
-    one shard alone does not identify θ), found with ``laplace_steps`` Newton iterations on the
-    full shard. Any q_k leaves the gradient unbiased; better ones lower its variance. The
-    approximations are computed once and, with ``devices``, live replicated on every device.
+    ``approximations`` (data): a :class:`GaussianApprox` over the flattened unconstrained latents
+    (site names in sorted order), e.g. from a vigrad VI fit per shard. By default each q_k is a
+    Laplace approximation of shard k's likelihood times p(θ)^(1/K) (the prior fraction keeps q_k
+    proper when one shard alone does not identify θ), found with ``laplace_steps`` Newton
+    iterations on the full shard. Any q_k leaves the gradient unbiased; better ones lower its
+    variance. With ``devices`` the approximations live replicated on every device.
     """
 
-    approximations: GaussianApprox | None = None
+    shards: Shards = Shards()
+    approximations: GaussianApprox | None = data_field()
     laplace_steps: int = 20
 
-    def _approx(self, target, layout, position, args, kwargs) -> GaussianApprox:
+    def prepare(self, problem: Problem, rng_key: jax.Array, position: Position) -> FederatedAux:
+        aux = self.shards.prepare(problem, rng_key, position)
         if self.approximations is not None:
             approx = GaussianApprox(*map(jnp.asarray, self.approximations))
         else:
-            approx = laplace_shards(target, layout, position, args, kwargs, self.laplace_steps)
+            approx = laplace_shards(problem, aux.layout, position, int(self.laplace_steps))
         d = ravel_pytree(position)[0].shape[0]
-        k = layout.sizes.shape[0]
+        k = aux.layout.sizes.shape[0]
         if approx.means.shape != (k, d) or approx.precisions.shape != (k, d, d):
             raise DataError(
                 f"FSGLD approximations must have means of shape {(k, d)} and precisions of shape "
                 f"{(k, d, d)} (one Gaussian per shard over the flattened latents), got "
                 f"{approx.means.shape} and {approx.precisions.shape}"
             )
-        return approx
+        return aux._replace(approx=approx)
 
-    def gradient(self, target, aux, position, t, rng_key, chain_key, batch_size, args, kwargs):
-        s, g = self._shard_gradient(
-            target, aux, position, t, rng_key, chain_key, batch_size, args, kwargs
-        )
+    def start(self, aux: FederatedAux) -> None:
+        return None
+
+    def estimate(self, problem, aux: FederatedAux, position, rng_key, t, chain_key) -> Position:
+        g = self.shards.estimate(problem, aux, position, rng_key, t, chain_key)
+        s = self.shards.round_shard(aux, t, chain_key)
         flat, unravel = ravel_pytree(position)
         cg = conducive_gradient(aux.approx, aux.layout.probs, s, flat)
         return jax.tree.map(jnp.add, g, unravel(cg))
 
 
+@functools.partial(jax.jit, static_argnums=3)
 def laplace_shards(
-    target: Target, layout: ShardLayout, position, args, kwargs, steps: int
+    problem: Problem, layout: ShardLayout, position: Position, steps: int
 ) -> GaussianApprox:
     """Laplace approximation of each shard's likelihood times p(θ)^(1/K), over flat θ.
 
     The mode is found by ``steps`` Newton iterations from ``position`` (exact in one step for a
-    Gaussian shard likelihood, fast for log-concave ones such as logistic regression); equal-size
-    shards are fitted together under ``vmap``.
+    Gaussian shard likelihood, fast for log-concave ones such as logistic regression). All shards
+    are fitted together under ``vmap`` on the padded table: a row padded with its first index j
+    holds width − N_s extra copies of x_j, whose log-likelihood is subtracted.
     """
     flat0, unravel = ravel_pytree(position)
-    num_shards = layout.sizes.shape[0]
+    num_shards, width = layout.table.shape
+    n = problem.num_data
 
-    def fit(idx):
-        weight = idx.shape[0] / target.num_data
-
+    def fit(row, size):
         def neg_log(x):
-            prior, lik = target.log_density(unravel(x), idx, args, kwargs)
-            return -(prior / num_shards + weight * lik)
+            u = unravel(x)
+            prior, lik_row = problem.log_density(u, row)  # (N / width) Σ_row ℓ_i
+            _, lik_first = problem.log_density(u, row[:1])  # N ℓ_j
+            shard_sum = (width * lik_row - (width - size) * lik_first) / n
+            return -(prior / num_shards + shard_sum)
 
         def newton(_, x):
             h = jax.hessian(neg_log)(x)
@@ -336,8 +356,5 @@ def laplace_shards(
         h = jax.hessian(neg_log)(x)
         return x, 0.5 * (h + h.T)
 
-    if np.all(layout.sizes == layout.sizes[0]):
-        means, precisions = jax.vmap(fit)(jnp.asarray(layout.table))
-        return GaussianApprox(means, precisions)
-    fits = [fit(jnp.asarray(layout.table[s, : layout.sizes[s]])) for s in range(num_shards)]
-    return GaussianApprox(jnp.stack([m for m, _ in fits]), jnp.stack([p for _, p in fits]))
+    means, precisions = jax.vmap(fit)(layout.table, layout.sizes)
+    return GaussianApprox(means, precisions)

@@ -5,10 +5,17 @@ scaling multiplies the likelihood of a batch of ``n`` points by ``N / n``; obser
 indexed by the plate (``numpyro.subsample(x, event_dim=...)`` or ``with plate(...) as idx: x[idx]``).
 Latent sites are moved to unconstrained space with ``biject_to(support)`` and the log-Jacobian is
 added to the prior part, so every kernel works on an unconstrained pytree.
+
+:class:`Target` and :class:`Problem` are pytrees whose leaves are the arrays (the transforms'
+parameters, which may depend on the data, and the model's array arguments) and whose static part
+is the model, the plate, the site shapes, the non-array arguments and the batch size: compiled
+functions take them as ordinary arguments, and JAX's own cache, keyed on that static part, reuses
+a compilation for any data of the same shapes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +28,7 @@ from numpyro.distributions.util import sum_rightmost
 from numpyro.handlers import seed, substitute, trace
 
 from vigrad.errors import DataError
+from vigrad.infer.static import join_static
 
 Position = dict[str, jax.Array]
 
@@ -29,11 +37,13 @@ def _plates_of(site: dict) -> list[str]:
     return [frame.name for frame in site.get("cond_indep_stack", [])]
 
 
+@jax.tree_util.register_pytree_node_class
 class Target:
     """The model's log density split into a prior part and a data-plate (likelihood) part.
 
     Built once from a concrete trace of the model: finds the data plate (the plate that holds every
-    observed site), its size ``N``, and the latent sites with their unconstrained shapes.
+    observed site), its size ``N``, and the latent sites with their unconstrained shapes. A pytree:
+    the transforms to unconstrained space are its leaves, the rest is static.
     """
 
     def __init__(
@@ -90,6 +100,23 @@ class Target:
         self.shapes = {n: jnp.shape(self.transforms[n].inv(sites[n]["value"])) for n in self.names}
         self.dtypes = {n: jnp.result_type(float) for n in self.names}
         self._check_subsampled(args, kwargs)
+
+    _STATIC = ("model", "plate", "num_data", "names", "shapes", "event_dims", "dtypes")
+
+    def tree_flatten(self) -> tuple:
+        static = tuple(
+            tuple(sorted(v.items())) if isinstance(v, dict) else v
+            for v in (getattr(self, k) for k in self._STATIC)
+        )
+        return (self.transforms,), static
+
+    @classmethod
+    def tree_unflatten(cls, static: tuple, children: tuple) -> Target:
+        target = object.__new__(cls)
+        for k, v in zip(cls._STATIC, static, strict=True):
+            setattr(target, k, dict(v) if k in ("shapes", "event_dims", "dtypes") else v)
+        target.transforms = children[0]
+        return target
 
     def _check_subsampled(self, args: tuple, kwargs: dict) -> None:
         n = min(2, self.num_data)
@@ -204,3 +231,60 @@ def minibatch_indices(rng_key: jax.Array, num_data: int, batch_size: int) -> jax
     ``(N/n) Σ_{i∈B}`` is still an unbiased estimate of the full sum.
     """
     return jax.random.randint(rng_key, (batch_size,), 0, num_data)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """A :class:`Target` bound to the model's arguments and a batch size: what a gradient
+    estimator evaluates. A pytree: ``target`` and the array arguments ``dynamic`` are its data,
+    the non-array arguments (``static_key``, from :func:`vigrad.infer.static.split_static`) and
+    ``batch_size`` its static part."""
+
+    target: Target
+    dynamic: list
+    static_key: tuple = dataclasses.field(metadata={"static": True})
+    batch_size: int = dataclasses.field(metadata={"static": True})
+
+    @property
+    def num_data(self) -> int:
+        return self.target.num_data
+
+    def arguments(self) -> tuple[tuple, dict]:
+        return join_static(self.dynamic, self.static_key)
+
+    def log_density(self, position: Position, indices: jax.Array) -> tuple[jax.Array, jax.Array]:
+        args, kwargs = self.arguments()
+        return self.target.log_density(position, indices, args, kwargs)
+
+    def grad(
+        self,
+        position: Position,
+        indices: jax.Array,
+        lik_weight: jax.Array | float = 1.0,
+        prior_weight: jax.Array | float = 1.0,
+    ) -> Position:
+        args, kwargs = self.arguments()
+        return self.target.grad(position, indices, args, kwargs, lik_weight, prior_weight)
+
+    def minibatch(self, rng_key: jax.Array) -> jax.Array:
+        return minibatch_indices(rng_key, self.num_data, self.batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Minibatch:
+    """The plain minibatch estimator (Robbins & Monro 1951; Welling & Teh 2011):
+
+        ĝ(θ) = ∇ log p(θ) + (N/n) Σ_{i∈B} ∇ log p(x_i|θ),   B uniform with replacement,
+
+    unbiased for ∇ log p(θ | x) because each of the n draws has mean (1/N) Σ_i ∇ log p(x_i|θ).
+    """
+
+    def prepare(self, problem: Problem, rng_key: jax.Array, position: Position) -> tuple:
+        return ()
+
+    def start(self, aux: Any) -> Position | None:
+        return None
+
+    def estimate(self, problem, aux, position, rng_key, t, chain_key) -> Position:
+        return problem.grad(position, problem.minibatch(rng_key))

@@ -99,7 +99,7 @@ class SGMCMCResult(NamedTuple):
             "thinning": self.thinning,
         }
         if self.kernel is not None:
-            attrs["kernel"] = type(self.kernel).__name__
+            attrs["kernel"] = self.kernel.name
         if self.convergence is not None:
             attrs.update(
                 converged=int(self.convergence.ok),

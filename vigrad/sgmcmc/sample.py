@@ -22,10 +22,10 @@ from vigrad.errors import DataError
 from vigrad.infer.checkpoint import resume_checkpoint, save_checkpoint
 from vigrad.infer.describe import array_summary, describe
 from vigrad.infer.progress import ChunkProgress
-from vigrad.infer.static import join_static, split_static
+from vigrad.infer.static import split_static
 from vigrad.sgmcmc.convergence import RHAT_MAX, ConvergenceWarning, check_convergence
-from vigrad.sgmcmc.kernels import Kernel
-from vigrad.sgmcmc.minibatch import Target
+from vigrad.sgmcmc.kernel import Kernel
+from vigrad.sgmcmc.minibatch import Problem, Target
 from vigrad.sgmcmc.results import DivergentChainError, SGMCMCResult
 
 
@@ -70,97 +70,86 @@ def _chain_sharding(devices: int | Sequence[jax.Device], num_chains: int):
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("chains"))
 
 
-def _build_chunk(target: Target, kernel: Kernel, batch_size: int, static_key: tuple) -> Callable:
-    def one_step(states, t, chain_keys, keys, aux, args, kwargs):
-        step_size = kernel.step_size_at(t)
+def transitions(
+    kernel: Kernel,
+    problem: Problem,
+    aux: Any,
+    states: Any,
+    t: jax.Array,
+    chain_keys: jax.Array,
+    keys: jax.Array,
+    step_size: jax.Array,
+) -> Any:
+    """Step t of every chain: ``vmap`` over chains (one chain without it, so minibatch gathers and
+    products keep their unbatched form). ``step_size`` is a scalar or one ε per chain."""
+    eps = kernel.step_size(t) if callable(kernel.step_size) else step_size
 
-        def per_chain(state, chain_key, keys):
-            grad_key, noise_key = keys[0], keys[1]
+    def per_chain(state, chain_key, keys, eps):
+        return kernel.transition(problem, aux, state, keys, t, chain_key, eps)
 
-            def grad_fn(position):
-                return kernel.gradient(
-                    target, aux, position, t, grad_key, chain_key, batch_size, args, kwargs
-                )
-
-            return kernel.step(noise_key, state, grad_fn, step_size)
-
-        if chain_keys.shape[0] == 1:
-            # One chain: no vmap, so minibatch gathers and products keep their unbatched form.
-            one = per_chain(jax.tree.map(lambda x: x[0], states), chain_keys[0], keys[0])
-            return jax.tree.map(lambda x: x[None], one)
-        return jax.vmap(per_chain)(states, chain_keys, keys)
-
-    @functools.partial(jax.jit, static_argnums=(7, 8))
-    def run(carry, start, n_outer, n_inner, chain_keys, aux, dynamic, buffer_size, max_steps):
-        # Trip counts are traced, so warm-up, sampling and a short last chunk share one compile;
-        # draws go into a buffer of static size (indices past it are clamped and ignored).
-        args, kwargs = join_static(dynamic, static_key)
-        # Step t of chain c uses split(fold_in(chain_key[c], t)). The chunk's keys are derived
-        # in one vectorised call before the loop: a small hash per step inside the loop costs
-        # about as much as the rest of an SGLD step on CPU.
-        ts = start + jnp.arange(max_steps, dtype=jnp.int32)
-        step_keys = jax.vmap(
-            lambda t: jax.vmap(lambda c: jax.random.split(jax.random.fold_in(c, t)))(chain_keys)
-        )(ts)
-
-        def body(j, loop):
-            # One flat loop over the chunk's steps (a nested loop per draw costs more per step on
-            # CPU); the draw slot j // n_inner is overwritten until its last step.
-            # No per-step NaN check: a NaN or infinite position stays non-finite, so the driver
-            # finds a divergence from the chunk's final state and locates it in the draws.
-            states, buffer = loop
-            t = start + j
-            states = one_step(states, t, chain_keys, step_keys[j], aux, args, kwargs)
-            draw = jax.vmap(target.constrain)(states.position)
-            buffer = jax.tree.map(
-                lambda b, d: jax.lax.dynamic_update_index_in_dim(b, d, j // n_inner, 0),
-                buffer,
-                draw,
-            )
-            return states, buffer
-
-        draw = jax.eval_shape(jax.vmap(target.constrain), carry.position)
-        buffer = jax.tree.map(lambda d: jnp.zeros((buffer_size, *d.shape), d.dtype), draw)
-        return jax.lax.fori_loop(0, n_outer * n_inner, body, (carry, buffer))
-
-    return run
+    eps = jnp.broadcast_to(eps, chain_keys.shape[:1])
+    if chain_keys.shape[0] == 1:
+        one = per_chain(jax.tree.map(lambda x: x[0], states), chain_keys[0], keys[0], eps[0])
+        return jax.tree.map(lambda x: x[None], one)
+    return jax.vmap(per_chain)(states, chain_keys, keys, eps)
 
 
-_CHUNKS: dict = {}
+@functools.partial(jax.jit, static_argnames=("kernel", "buffer_size", "max_steps"))
+def run_chunk(
+    kernel: Kernel,
+    problem: Problem,
+    carry: Any,
+    start: jax.Array,
+    n_outer: jax.Array,
+    n_inner: jax.Array,
+    chain_keys: jax.Array,
+    step_size: jax.Array,
+    aux: Any,
+    buffer_size: int,
+    max_steps: int,
+) -> tuple[Any, Any]:
+    """``n_outer * n_inner`` steps from step ``start``, keeping every ``n_inner``-th position.
+
+    The compilation is cached by JAX on the static arguments and the pytree structure of the
+    others: ``kernel`` (its static part, :meth:`Kernel.static`), the problem's model, plate, site
+    shapes, non-array arguments and batch size, and the two buffer sizes. Trip counts are traced,
+    so warm-up, sampling and a short last chunk share one compilation; draws go into a buffer of
+    static size (indices past it are clamped and ignored).
+    """
+    target = problem.target
+    # Step t of chain c uses split(fold_in(chain_key[c], t)). The chunk's keys are derived in one
+    # vectorised call before the loop: a small hash per step inside the loop costs about as much
+    # as the rest of an SGLD step on CPU.
+    ts = start + jnp.arange(max_steps, dtype=jnp.int32)
+    step_keys = jax.vmap(
+        lambda t: jax.vmap(lambda c: jax.random.split(jax.random.fold_in(c, t)))(chain_keys)
+    )(ts)
+
+    def body(j, loop):
+        # One flat loop over the chunk's steps (a nested loop per draw costs more per step on
+        # CPU); the draw slot j // n_inner is overwritten until its last step.
+        # No per-step NaN check: a NaN or infinite position stays non-finite, so the driver finds
+        # a divergence from the chunk's final state and locates it in the draws.
+        states, buffer = loop
+        states = transitions(
+            kernel, problem, aux, states, start + j, chain_keys, step_keys[j], step_size
+        )
+        draw = jax.vmap(target.constrain)(states.position)
+        buffer = jax.tree.map(
+            lambda b, d: jax.lax.dynamic_update_index_in_dim(b, d, j // n_inner, 0),
+            buffer,
+            draw,
+        )
+        return states, buffer
+
+    draw = jax.eval_shape(jax.vmap(target.constrain), carry.position)
+    buffer = jax.tree.map(lambda d: jnp.zeros((buffer_size, *d.shape), d.dtype), draw)
+    return jax.lax.fori_loop(0, n_outer * n_inner, body, (carry, buffer))
 
 
-def _fingerprint(transform: Any) -> tuple:
-    """A transform's type and parameter values (a support may depend on the data)."""
-    items = []
-    for key, value in sorted(vars(transform).items()):
-        if isinstance(value, (list, tuple)):
-            items.append((key, tuple(_fingerprint(v) for v in value if hasattr(v, "__dict__"))))
-        elif isinstance(value, (np.ndarray, jax.Array, float, int)):
-            items.append((key, np.asarray(value).tobytes()))
-        elif hasattr(value, "__dict__") and hasattr(value, "inv"):
-            items.append((key, _fingerprint(value)))
-    return (type(transform).__name__, tuple(items))
-
-
-def _cached_chunk(target: Target, kernel: Kernel, batch_size: int, static_key: tuple) -> Callable:
-    """The compiled chunk, reused by later calls on the same model, kernel and argument layout."""
-    signature = (
-        target.model,
-        kernel,
-        batch_size,
-        static_key,
-        target.plate,
-        tuple((n, target.shapes[n], _fingerprint(target.transforms[n])) for n in target.names),
-    )
-    try:
-        hash(signature)
-    except TypeError:
-        return _build_chunk(target, kernel, batch_size, static_key)
-    if signature not in _CHUNKS:
-        if len(_CHUNKS) >= 32:
-            _CHUNKS.pop(next(iter(_CHUNKS)))
-        _CHUNKS[signature] = _build_chunk(target, kernel, batch_size, static_key)
-    return _CHUNKS[signature]
+def constant_step_size(kernel: Kernel) -> jax.Array:
+    """ε as a traced argument (0 for a schedule, which is part of the static kernel)."""
+    return jnp.asarray(0.0 if callable(kernel.step_size) else kernel.step_size, float)
 
 
 def sample(
@@ -195,8 +184,8 @@ def sample(
         model: a NumPyro model whose observed sites sit in a data plate (``numpyro.plate``) and
             index the data by it (``numpyro.subsample(x, event_dim=...)``); ``*args`` and
             ``**kwargs`` are passed to it. Array arguments are traced, others are static.
-        kernel: :class:`SGLD`, :class:`pSGLD`, :class:`SGHMC`, :class:`SGLDCV`, :class:`DSGLD`,
-            :class:`FSGLD` or any :class:`Kernel`.
+        kernel: :func:`SGLD`, :func:`pSGLD`, :func:`SGHMC`, :func:`SGLDCV`,
+            :func:`PreconditionedSGLDCV`, :func:`DSGLD`, :func:`FSGLD` or any :class:`Kernel`.
         num_samples: steps after warm-up; every ``thinning``-th is kept, so each chain has
             ``num_samples // thinning`` draws.
         batch_size: data points per gradient estimate (drawn uniformly with replacement; the
@@ -255,15 +244,12 @@ def sample(
             f"({target.num_data} points); use batch_size <= {target.num_data}"
         )
 
+    static = kernel.static()
+    problem = Problem(target, dynamic, static_key, batch_size)
     positions = _initial_positions(target, init_key, num_chains, init_params)
-
-    def prepare(key, position, dynamic):
-        a, k = join_static(dynamic, static_key)
-        return kernel.prepare(target, batch_size, key, position, a, k)
-
     first = jax.tree.map(lambda x: x[0], positions)
-    aux = jax.jit(prepare)(prep_key, first, dynamic)
-    start_at = kernel.start(aux)
+    aux = kernel.gradient.prepare(problem, prep_key, first)
+    start_at = kernel.gradient.start(aux)
     if start_at is not None and init_params is None:
         positions = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_chains, *x.shape)), start_at)
     states = jax.vmap(kernel.init)(positions)
@@ -300,7 +286,7 @@ def sample(
         step = saved.state["step"]
         draws = [saved.history] if saved.history else []
 
-    run = _cached_chunk(target, kernel, batch_size, static_key)
+    step_size = constant_step_size(kernel)
     carry = states
     with ChunkProgress(total, initial=step, desc="vigrad.sgmcmc", enabled=progress_bar) as bar:
         while step < total:
@@ -311,14 +297,16 @@ def sample(
                 n_outer = min(chunk_draws, num_draws - done)
                 n_inner, collect = thinning, True
             i32 = functools.partial(jnp.asarray, dtype=jnp.int32)
-            carry, out = run(
+            carry, out = run_chunk(
+                static,
+                problem,
                 carry,
                 i32(step),
                 i32(n_outer),
                 i32(n_inner),
                 chain_keys,
+                step_size,
                 aux,
-                dynamic,
                 chunk_draws,
                 chunk,
             )

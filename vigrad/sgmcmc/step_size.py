@@ -23,10 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from vigrad.infer.static import join_static, split_static
-from vigrad.sgmcmc.kernels import Kernel
-from vigrad.sgmcmc.minibatch import Target, minibatch_indices
-from vigrad.sgmcmc.sample import _initial_positions
+from vigrad.infer.static import split_static
+from vigrad.sgmcmc.kernel import Kernel
+from vigrad.sgmcmc.minibatch import Problem, Target, minibatch_indices
+from vigrad.sgmcmc.sample import _initial_positions, transitions
 from vigrad.sgmcmc.stein import imq_ksd
 
 DEFAULT_GRID = tuple(10.0 ** np.arange(-8.0, 0.01, 0.5))
@@ -103,24 +103,20 @@ def select_step_size(
     if batch_size > target.num_data:
         batch_size = target.num_data
     total = grid.size * num_chains
+    problem = Problem(target, dynamic, static_key, batch_size)
     positions = _initial_positions(target, init_key, total, init_params)
-
-    def prepare(key, position, dynamic):
-        a, k = join_static(dynamic, static_key)
-        return kernel.prepare(target, batch_size, key, position, a, k)
-
-    aux = jax.jit(prepare)(prep_key, jax.tree.map(lambda x: x[0], positions), dynamic)
-    start_at = kernel.start(aux)
+    aux = kernel.gradient.prepare(problem, prep_key, jax.tree.map(lambda x: x[0], positions))
+    start_at = kernel.gradient.start(aux)
     if start_at is not None and init_params is None:
         positions = jax.tree.map(lambda x: jnp.broadcast_to(x, (total, *x.shape)), start_at)
     eps = jnp.repeat(jnp.asarray(grid, jnp.result_type(float)), num_chains)
     chain_keys = jax.random.split(base_key, total)
     thin = max(1, (num_steps - num_steps // 2) // num_draws)
     burn = num_steps - thin * num_draws
-    draws = _pilot(target, kernel, batch_size, static_key, burn, thin, num_draws)(
-        positions, eps, chain_keys, aux, dynamic
-    )
-    ksd = np.asarray(_ksd_per_step(target, static_key, draws, score_key, dynamic, grid.size))
+    # The pilot's kernel has a constant step size (one per chain): a schedule is not piloted.
+    pilot_kernel = dataclasses.replace(kernel, step_size=1.0).static()
+    draws = _pilot(pilot_kernel, problem, positions, eps, chain_keys, aux, burn, thin, num_draws)
+    ksd = np.asarray(_ksd_per_step(problem, draws, score_key, grid.size))
     best = int(np.argmin(np.where(np.isfinite(ksd), ksd, np.inf)))
     if not np.isfinite(ksd[best]):
         raise FloatingPointError(
@@ -142,52 +138,39 @@ def select_step_size(
     )
 
 
-def _pilot(target, kernel, batch_size, static_key, burn, thin, num_draws) -> Callable:
-    """All pilot chains (every grid point's) in one compiled ``vmap`` + ``scan``."""
+@functools.partial(jax.jit, static_argnums=(0, 6, 7, 8))
+def _pilot(kernel, problem, positions, eps, chain_keys, aux, burn, thin, num_draws) -> Any:
+    """All pilot chains (every grid point's) in one compiled ``vmap`` + ``scan``; step t of chain
+    c uses split(fold_in(chain_key[c], t)), as in :func:`vigrad.sgmcmc.sample`."""
 
-    @jax.jit
-    def run(positions, eps, chain_keys, aux, dynamic):
-        args, kwargs = join_static(dynamic, static_key)
+    def one(state, t):
+        keys = jax.vmap(lambda c: jax.random.split(jax.random.fold_in(c, t)))(chain_keys)
+        return transitions(kernel, problem, aux, state, t, chain_keys, keys, eps)
 
-        def one(state, t):
-            def per_chain(state, chain_key, step_size):
-                grad_key, noise_key = jax.random.split(jax.random.fold_in(chain_key, t))
+    def steps(state, start, n):
+        return jax.lax.fori_loop(start, start + n, lambda t, s: one(s, t), state)
 
-                def grad_fn(position):
-                    return kernel.gradient(
-                        target, aux, position, t, grad_key, chain_key, batch_size, args, kwargs
-                    )
+    state = steps(jax.vmap(kernel.init)(positions), 0, burn)
 
-                return kernel.step(noise_key, state, grad_fn, step_size)
+    def keep(state, i):
+        state = steps(state, burn + i * thin, thin)
+        return state, state.position
 
-            return jax.vmap(per_chain)(state, chain_keys, eps)
-
-        def steps(state, start, n):
-            return jax.lax.fori_loop(start, start + n, lambda t, s: one(s, t), state)
-
-        state = steps(jax.vmap(kernel.init)(positions), 0, burn)
-
-        def keep(state, i):
-            state = steps(state, burn + i * thin, thin)
-            return state, state.position
-
-        _, kept = jax.lax.scan(keep, state, jnp.arange(num_draws))
-        # [draws, chains, ...] -> [chains, draws, ...]
-        return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), kept)
-
-    return run
+    _, kept = jax.lax.scan(keep, state, jnp.arange(num_draws))
+    # [draws, chains, ...] -> [chains, draws, ...]
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), kept)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 5))
-def _ksd_per_step(target, static_key, draws, rng_key, dynamic, num_grid):
-    args, kwargs = join_static(dynamic, static_key)
-    n = min(target.num_data, MAX_SCORE_POINTS)
-    idx = jnp.arange(n) if n == target.num_data else minibatch_indices(rng_key, target.num_data, n)
+@functools.partial(jax.jit, static_argnums=3)
+def _ksd_per_step(problem, draws, rng_key, num_grid):
+    num_data = problem.num_data
+    n = min(num_data, MAX_SCORE_POINTS)
+    idx = jnp.arange(n) if n == num_data else minibatch_indices(rng_key, num_data, n)
     # [grid, chains * draws, ...] per site.
     pooled = jax.tree.map(lambda x: x.reshape(num_grid, -1, *x.shape[2:]), draws)
 
     def score(position):
-        return ravel_pytree(target.grad(position, idx, args, kwargs))[0]
+        return ravel_pytree(problem.grad(position, idx))[0]
 
     def one_grid_point(points):
         flat = jax.vmap(lambda p: ravel_pytree(p)[0])(points)
