@@ -248,3 +248,42 @@ def test_multi_sample_guide_with_unequal_sample_counts_is_refused():
         vigrad.ELBO(multi_sample_guide=True).loss(
             jax.random.key(0), {}, gauss_model, uneven_guide, Y
         )
+
+
+def mutable_model(y):
+    mutable("seen", {"n": jnp.array(0.0)})
+    mean_model(y)
+
+
+def enumerated_guide(y):
+    numpyro.sample("mu", dist.Normal(0.0, 1.0), sample_shape=(S,))
+    numpyro.sample(
+        "k", dist.Bernoulli(0.3), sample_shape=(S,), infer={"estimator": vigrad.Enumerate()}
+    )
+
+
+def model_with_k(y):
+    numpyro.sample("k", dist.Bernoulli(0.5))
+    mean_model(y)
+
+
+@pytest.mark.parametrize(
+    "case, error, message",
+    [
+        ("analytic_kl", vigrad.EstimatorError, r"Analytic KL terms with multi_sample_guide=True"),
+        ("mutable model", vigrad.ModelGuideMismatchError, r"numpyro.mutable site 'seen'"),
+        ("Enumerate", vigrad.EstimatorError, r"Enumerate\(\) or MVD\(\) on \['k'\]"),
+    ],
+)
+def test_multi_sample_guide_refusals(case, error, message):
+    fitted_model, guide, loss = {
+        "analytic_kl": (
+            mean_model,
+            sample_guide,
+            vigrad.ELBO(analytic_kl=True, multi_sample_guide=True),
+        ),
+        "mutable model": (mutable_model, sample_guide, vigrad.ELBO(multi_sample_guide=True)),
+        "Enumerate": (model_with_k, enumerated_guide, vigrad.ELBO(multi_sample_guide=True)),
+    }[case]
+    with pytest.raises(error, match=message):
+        loss.loss(jax.random.key(0), {"m": 0.3, "s": 0.8}, fitted_model, guide, Y)
