@@ -65,15 +65,21 @@ def _coupling(key, transformer, invert):
     )
 
 
-def _flows():
-    k = jr.split(jr.key(0), 8)
-    rqs = RationalQuadraticSpline(knots=4, interval=3.0)
-    tri = TriangularAffine(jnp.zeros(D), jnp.eye(D))
+def _keys():
+    return jr.split(jr.key(0), 8)
+
+
+def _rqs():
+    return RationalQuadraticSpline(knots=4, interval=3.0)
+
+
+def _chain_of_every_layer():
+    k = _keys()
     single_coupling = Coupling(
         k[6], transformer=Affine(), untransformed_dim=1, dim=D, nn_width=8, nn_depth=1
     )
     rqs_coupling = Coupling(
-        k[0], transformer=rqs, untransformed_dim=2, dim=D, nn_width=8, nn_depth=1
+        k[0], transformer=_rqs(), untransformed_dim=2, dim=D, nn_width=8, nn_depth=1
     )
     mixed = Chain(
         [
@@ -83,50 +89,45 @@ def _flows():
             MaskedAutoregressive(k[7], transformer=Affine(), dim=D, nn_width=8, nn_depth=1),
             Flip((D,)),
             Invert(MaskedAutoregressive(k[1], transformer=Affine(), dim=D, nn_width=8, nn_depth=1)),
-            Invert(tri),
+            Invert(TriangularAffine(jnp.zeros(D), jnp.eye(D))),
             Affine(jnp.ones(D), 2 * jnp.ones(D)),
             Exp((D,)),
         ]
     )
-    return {
-        "affine_coupling": _coupling(k[0], None, invert=False),
-        "affine_coupling_inverted": _coupling(k[1], None, invert=True),
-        "rqs_coupling": _coupling(k[2], rqs, invert=False),
-        "rqs_coupling_inverted": _coupling(k[3], rqs, invert=True),
-        "masked_autoregressive": masked_autoregressive_flow(
-            k[4], base_dist=StandardNormal((D,)), flow_layers=2, nn_width=8, invert=False
-        ),
-        "masked_autoregressive_inverted": masked_autoregressive_flow(
-            k[5], base_dist=StandardNormal((D,)), transformer=rqs, flow_layers=2, nn_width=8
-        ),
-        "masked_autoregressive_rqs": masked_autoregressive_flow(
-            k[6],
-            base_dist=StandardNormal((D,)),
-            transformer=rqs,
-            flow_layers=2,
-            nn_width=8,
-            invert=False,
-        ),
-        "masked_autoregressive_affine_inverted": masked_autoregressive_flow(
-            k[7], base_dist=StandardNormal((D,)), flow_layers=2, nn_width=8, nn_depth=2
-        ),
-        "chain_of_every_layer": Transformed(StandardNormal((D,)), mixed),
-    }
+    return Transformed(StandardNormal((D,)), mixed)
 
 
-FLOWS = _flows()
+def _maf(i, **kw):
+    return masked_autoregressive_flow(
+        _keys()[i], base_dist=StandardNormal((D,)), flow_layers=2, nn_width=8, **kw
+    )
+
+
+# name -> builder. Flows are built by the test that uses them: building them all at import costs
+# seconds of op-by-op dispatch in every run, including runs that select none of them.
+FLOWS = {
+    "affine_coupling": lambda: _coupling(_keys()[0], None, invert=False),
+    "affine_coupling_inverted": lambda: _coupling(_keys()[1], None, invert=True),
+    "rqs_coupling": lambda: _coupling(_keys()[2], _rqs(), invert=False),
+    "rqs_coupling_inverted": lambda: _coupling(_keys()[3], _rqs(), invert=True),
+    "masked_autoregressive": lambda: _maf(4, invert=False),
+    "masked_autoregressive_inverted": lambda: _maf(5, transformer=_rqs()),
+    "masked_autoregressive_rqs": lambda: _maf(6, transformer=_rqs(), invert=False),
+    "masked_autoregressive_affine_inverted": lambda: _maf(7, nn_depth=2),
+    "chain_of_every_layer": _chain_of_every_layer,
+}
 
 
 def test_fast_path_gradient_equals_slow_mixed_chain():
     """Every layer type in one chain (coupling with affine and inverted spline transformers,
     autoregressive both ways, permutation, flip, inverted triangular affine, elementwise)."""
-    _check_fast_equals_slow(FLOWS["chain_of_every_layer"], num_keys=2)
+    _check_fast_equals_slow(FLOWS["chain_of_every_layer"](), num_keys=2)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(FLOWS))
 def test_fast_path_gradient_equals_slow(name):
-    _check_fast_equals_slow(FLOWS[name], num_keys=3)
+    _check_fast_equals_slow(FLOWS[name](), num_keys=3)
 
 
 def _check_fast_equals_slow(flow, num_keys):
@@ -312,7 +313,7 @@ def _elbo_grads(guide, estimator, params_name):
     init = numpyro.handlers.trace(numpyro.handlers.seed(guide, 0)).get_trace()
     flat = {params_name: init[params_name]["value"]}
     flat[params_name] = flat[params_name] + 0.1 * jnp.sin(jnp.arange(flat[params_name].size))
-    return jax.value_and_grad(lambda p: loss.loss(key, p, _model, guide))(flat)
+    return jax.jit(jax.value_and_grad(lambda p: loss.loss(key, p, _model, guide)))(flat)
 
 
 def test_flow_sample_site_fast_equals_path_gradient():
@@ -346,8 +347,10 @@ def test_autoflow_fast_equals_path_gradient():
     ]
     params = {"auto_flow": traces[0]["auto_flow"]["value"]}
     loss = vigrad.ELBO(num_particles=2)
-    fv, fg = jax.value_and_grad(lambda p: loss.loss(key, p, _constrained_model, guide))(params)
-    sv, sg = jax.value_and_grad(lambda p: loss.loss(key, p, _constrained_model, slow_guide))(params)
+    value_and_grad = lambda g: jax.jit(
+        jax.value_and_grad(lambda p: loss.loss(key, p, _constrained_model, g))
+    )(params)
+    (fv, fg), (sv, sg) = value_and_grad(guide), value_and_grad(slow_guide)
     assert jnp.isfinite(fv) and jnp.allclose(fv, sv, atol=1e-10)
     assert jnp.allclose(fg["auto_flow"], sg["auto_flow"], atol=1e-7)
     post = guide.sample_posterior(key, params, sample_shape=(5,))
