@@ -8,6 +8,7 @@ conducive gradient of Laplace approximations of every client's likelihood and st
 posterior for every T.
 
     .venv/bin/python examples/federated_non_iid.py [results/federated_non_iid.png] [--steps 60000]
+        [--local-steps 1,20,200]
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def model(x):
         numpyro.sample("obs", dist.Normal(mu, SIGMA), obs=numpyro.subsample(x, event_dim=0))
 
 
-def main(path: str, steps: int = 60_000, warmup: int = 5_000) -> None:
+def main(
+    path: str, steps: int = 60_000, warmup: int = 5_000, local_steps: tuple = (1, 20, 200)
+) -> None:
     jax.config.update("jax_enable_x64", True)
     noise = jax.random.normal(jax.random.PRNGKey(0), (len(CENTRES), PER_CLIENT))
     x = (CENTRES[:, None] + SIGMA * noise).reshape(-1)
@@ -46,8 +49,10 @@ def main(path: str, steps: int = 60_000, warmup: int = 5_000) -> None:
     precision = 1 / PRIOR_SD**2 + x.shape[0] / SIGMA**2
     mean, sd = float(x.sum() / SIGMA**2 / precision), precision**-0.5
 
-    local_steps = (1, 20, 200)
-    fig, axes = plt.subplots(1, len(local_steps), figsize=(12, 3.6), sharey=True)
+    fig, axes = plt.subplots(
+        1, len(local_steps), figsize=(4 * len(local_steps), 3.6), sharey=True, squeeze=False
+    )
+    axes = axes[0]
     print(f"exact posterior: mean {mean:.4f}, sd {sd:.4f}")
     print("| T | sampler | mean error / sd | sd ratio |")
     print("|---|---|---|---|")
@@ -107,5 +112,9 @@ if __name__ == "__main__":
     parser.add_argument("path", nargs="?", default="results/federated_non_iid.png")
     parser.add_argument("--steps", type=int, default=60_000, help="steps per chain after warm-up")
     parser.add_argument("--warmup", type=int, default=5_000)
+    parser.add_argument(
+        "--local-steps", default="1,20,200", help="comma-separated local steps per round T"
+    )
     args = parser.parse_args()
-    main(args.path, args.steps, args.warmup)
+    local_steps = tuple(int(t) for t in args.local_steps.split(","))
+    main(args.path, args.steps, args.warmup, local_steps)
