@@ -47,3 +47,11 @@ def test_chunking_thinning_divergence_and_one_compilation():
     # Every run above, whatever its trip counts and replays, used one jitted function.
     chunk = _CHUNKS[("test_driver.walk",)]
     assert chunk._cache_size() == 4  # one per (chunk size, thinning): (40, 1) (6, 1) (6, 3) (8, 1)
+
+
+def test_an_uncached_configuration_runs_the_same():
+    consts = {"key": jax.random.key(0), "limit": jnp.asarray(1e9)}
+    before = len(_CHUNKS)
+    result = run_chunks(None, walk, jnp.zeros(()), consts, 12, 5, progress_bar=False)
+    assert len(_CHUNKS) == before
+    np.testing.assert_array_equal(result.outputs, run(12, 12).outputs)

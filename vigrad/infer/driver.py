@@ -110,12 +110,15 @@ class RunResult:
 _CHUNKS: collections.OrderedDict[Hashable, Callable] = collections.OrderedDict()
 
 
-def compiled_chunk(config: Hashable, build: Callable[[], Step]) -> Callable:
+def compiled_chunk(config: Hashable | None, build: Callable[[], Step]) -> Callable:
     """The jitted chunk for a static configuration, built with ``build()`` on a cache miss.
 
     ``config`` must determine the step completely (everything ``build`` closes over that is not an
     array passed at run time), and is compared by ``==``: include a name for the algorithm.
+    ``None`` builds a chunk that is not cached (for a step closing over something unhashable).
     """
+    if config is None:
+        return _jit_chunk(build())
     try:
         hash(config)
     except TypeError as err:
@@ -178,7 +181,7 @@ def _concat(parts: list) -> Any:
 
 
 def run_chunks(
-    config: Hashable,
+    config: Hashable | None,
     build: Callable[[], Step],
     carry: Any,
     consts: Any,
