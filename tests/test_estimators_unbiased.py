@@ -18,6 +18,7 @@ from numpyro.infer.autoguide import AutoDiagonalNormal
 from unbiased import THRESHOLD, gradient_samples, max_abs_z
 
 import vigrad
+from tests.models import conjugate_guide, conjugate_model, conjugate_posterior
 from vigrad.estimators.control_variates import ControlVariate, EmptyState
 
 M = 20_000
@@ -203,22 +204,12 @@ def test_negative_control_stopping_whole_log_q_is_rejected():
 
 
 def test_path_gradient_variance_vanishes_at_the_posterior():
-    """mu ~ N(0,1), x_i ~ N(mu,1): the posterior is N(sum x / (N+1), 1/(N+1)); STL is then exact."""
-
-    def model(x):
-        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
-        with numpyro.plate("data", x.shape[0]):
-            numpyro.sample("x", dist.Normal(mu, 1.0), obs=x)
-
-    def guide(x):
-        numpyro.sample("mu", dist.Normal(numpyro.param("m", 0.0), numpyro.param("s", 1.0)))
-
-    n = X.shape[0]
-    posterior = {"m": jnp.sum(X) / (n + 1), "s": 1.0 / jnp.sqrt(n + 1.0)}
+    """The conjugate Gaussian's guide at the exact posterior: STL's estimate is then exact."""
+    posterior = conjugate_posterior(X)
     variances = {}
     for est in (vigrad.Reparam(), vigrad.PathGradient()):
         loss = vigrad.ELBO(estimators={"mu": est})
-        fn = lambda key, p, loss=loss: loss.loss(key, p, model, guide, X)
+        fn = lambda key, p, loss=loss: loss.loss(key, p, conjugate_model, conjugate_guide, X)
         grads = gradient_samples(fn, posterior, jax.random.key(0), 2000)
         variances[type(est).__name__] = sum(float(np.var(g)) for g in jax.tree.leaves(grads))
     assert variances["Reparam"] > 1e-2
