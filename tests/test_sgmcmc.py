@@ -505,3 +505,18 @@ def test_fsgld_approximations_must_match_shards_and_latents(data):
     kernel = sg.FSGLD(1e-4, shards=4, approximations=wrong)
     with pytest.raises(DataError, match=r"means of shape \(4, 2\)"):
         sg.sample(gaussian_mean, kernel, 10, 5, 1, jax.random.PRNGKey(0), data, progress_bar=False)
+
+
+@pytest.mark.parametrize("bits", [8, 16, 32, 64])
+def test_unrolled_threefry_draws_the_same_bits_as_jax(bits):
+    key = jax.random.PRNGKey(14)
+    fast = sg.random.unrolled(key)
+    dtype = np.dtype(f"uint{bits}")
+    for shape in [(), (7,), (3, 5)]:
+        np.testing.assert_array_equal(
+            jax.random.bits(fast, shape, dtype), jax.random.bits(key, shape, dtype)
+        )
+    np.testing.assert_array_equal(jax.random.normal(fast, (9,)), jax.random.normal(key, (9,)))
+    typed = jax.random.key(14)
+    assert jax.random.key_impl(sg.random.unrolled(typed)) == jax.random.key_impl(fast)
+    assert sg.random.unrolled(jax.random.key(0, impl="rbg")).shape == ()

@@ -26,6 +26,7 @@ from vigrad.infer.static import split_static
 from vigrad.sgmcmc.convergence import RHAT_MAX, ConvergenceWarning, check_convergence
 from vigrad.sgmcmc.kernel import Kernel
 from vigrad.sgmcmc.minibatch import Problem, Target
+from vigrad.sgmcmc.random import unrolled
 from vigrad.sgmcmc.results import DivergentChainError, SGMCMCResult
 
 
@@ -119,11 +120,14 @@ def run_chunk(
     target = problem.target
     # Step t of chain c uses split(fold_in(chain_key[c], t)). The chunk's keys are derived in one
     # vectorised call before the loop: a small hash per step inside the loop costs about as much
-    # as the rest of an SGLD step on CPU.
+    # as the rest of an SGLD step on CPU. The draws inside the loop use the same bits through
+    # unrolled Threefry rounds, which XLA fuses (see vigrad.sgmcmc.random).
     ts = start + jnp.arange(max_steps, dtype=jnp.int32)
-    step_keys = jax.vmap(
-        lambda t: jax.vmap(lambda c: jax.random.split(jax.random.fold_in(c, t)))(chain_keys)
-    )(ts)
+    step_keys = unrolled(
+        jax.vmap(
+            lambda t: jax.vmap(lambda c: jax.random.split(jax.random.fold_in(c, t)))(chain_keys)
+        )(ts)
+    )
 
     def body(j, loop):
         # One flat loop over the chunk's steps (a nested loop per draw costs more per step on

@@ -26,6 +26,7 @@ from jax.flatten_util import ravel_pytree
 from vigrad.infer.static import split_static
 from vigrad.sgmcmc.kernel import Kernel
 from vigrad.sgmcmc.minibatch import Problem, Target, minibatch_indices
+from vigrad.sgmcmc.random import unrolled
 from vigrad.sgmcmc.sample import _initial_positions, transitions
 from vigrad.sgmcmc.stein import imq_ksd
 
@@ -144,7 +145,7 @@ def _pilot(kernel, problem, positions, eps, chain_keys, aux, burn, thin, num_dra
     c uses split(fold_in(chain_key[c], t)), as in :func:`vigrad.sgmcmc.sample`."""
 
     def one(state, t):
-        keys = jax.vmap(lambda c: jax.random.split(jax.random.fold_in(c, t)))(chain_keys)
+        keys = unrolled(jax.vmap(lambda c: jax.random.split(jax.random.fold_in(c, t)))(chain_keys))
         return transitions(kernel, problem, aux, state, t, chain_keys, keys, eps)
 
     def steps(state, start, n):
