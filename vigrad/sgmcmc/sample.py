@@ -3,6 +3,11 @@
 Step ``t`` of chain ``c`` draws its randomness from ``fold_in(chain_key[c], t)``, so a run does not
 depend on how it is cut into chunks and a run resumed from a checkpoint equals an uninterrupted one.
 Between chunks: the progress bar, the divergence check and the checkpoint.
+
+The chunk is one module-level compiled function, :func:`run_chunk`, cached by JAX on the kernel's
+static part and the structure of the problem; arrays (the data, the prepared centre, metric or
+shard table, a constant step size) are its traced arguments, so a later call with arrays of the
+same shapes reuses the compilation.
 """
 
 from __future__ import annotations
@@ -188,8 +193,9 @@ def sample(
         model: a NumPyro model whose observed sites sit in a data plate (``numpyro.plate``) and
             index the data by it (``numpyro.subsample(x, event_dim=...)``); ``*args`` and
             ``**kwargs`` are passed to it. Array arguments are traced, others are static.
-        kernel: :func:`SGLD`, :func:`pSGLD`, :func:`SGHMC`, :func:`SGLDCV`,
-            :func:`PreconditionedSGLDCV`, :func:`DSGLD`, :func:`FSGLD` or any :class:`Kernel`.
+        kernel: :class:`SGLD`, :class:`pSGLD`, :class:`SGHMC`, :class:`SGLDCV`,
+            :class:`PreconditionedSGLDCV`, :class:`DSGLD`, :class:`FSGLD` or any :class:`Kernel`
+            (e.g. ``Kernel.of(update, gradient, step_size)``).
         num_samples: steps after warm-up; every ``thinning``-th is kept, so each chain has
             ``num_samples // thinning`` draws.
         batch_size: data points per gradient estimate (drawn uniformly with replacement; the
