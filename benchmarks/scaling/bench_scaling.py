@@ -13,12 +13,13 @@ them evenly):
   streamed a chunk at a time), the minibatch split over ``data``;
 - ``vae``: in-memory data split over ``data``, 256 images a step.
 
-For each problem and device count: one warm-up fit (compiles), then ``--repeats`` timed fits of
-``S = --steps`` and of ``2 S`` steps, in chunks of ``S``. The time of a step is the difference of
-the medians divided by ``S``, so the fixed cost of a call (initialisation, tracing the objective's
-state, transfers) is left out and reported apart; wall and process CPU time alike.
+For each problem and device count: one warm-up fit (compiles), then one fit of ``--chunks``
+chunks of ``--steps`` steps. Each compiled chunk is timed on its own (from its call until its
+outputs are ready), so the fixed cost of a fit call (initialisation, tracing the objective's
+state, transfers) is left out. Under a shared machine's load the fastest chunk is the steadiest
+estimate of a step's cost; the median is given too, with the process CPU time of the chunks.
 
-    .venv/bin/python benchmarks/scaling/bench_scaling.py [--steps 200] [--repeats 3]
+    .venv/bin/python benchmarks/scaling/bench_scaling.py [--steps 200] [--chunks 5]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import optax  # noqa: E402
 from numpyro.infer.autoguide import AutoNormal  # noqa: E402
 
 import vigrad  # noqa: E402
+from vigrad.infer import driver  # noqa: E402
 from vigrad.zoo import load_model  # noqa: E402
 
 N, BATCH, HIDDEN = 1792, 256, 32
@@ -75,53 +77,78 @@ def problems():
     return out
 
 
-def timed_fit(problem: dict, devices: int, steps: int, chunk: int) -> tuple[float, float]:
+class ChunkTimer:
+    """Wraps the driver's compiled chunks to record each call's wall and process CPU time."""
+
+    def __init__(self):
+        self.times: list[tuple[float, float]] = []
+        self._original = driver.compiled_chunk
+
+    def __enter__(self):
+        def timed(config, build):
+            chunk = self._original(config, build)
+
+            def run(*args):
+                wall, cpu = time.perf_counter(), time.process_time()
+                out = jax.block_until_ready(chunk(*args))
+                self.times.append((time.perf_counter() - wall, time.process_time() - cpu))
+                return out
+
+            return run
+
+        driver.compiled_chunk = timed
+        return self
+
+    def __exit__(self, *exc):
+        driver.compiled_chunk = self._original
+
+
+def fit(problem: dict, devices: int, steps: int, chunks: int) -> None:
     stream = problem["stream"]() if problem["stream"] else None
-    wall, cpu = time.perf_counter(), time.process_time()
     result = vigrad.fit(
         problem["model"],
         problem["guide"],
         OBJECTIVE,
         OPTIMIZER,
-        steps,
+        steps * chunks,
         jax.random.key(0),
-        chunk_size=chunk,
+        chunk_size=steps,
         progress_bar=False,
         devices=devices,
         stream=stream,
         **problem["kwargs"],
     )
     jax.block_until_ready(result.params)
-    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chunks", type=int, default=5)
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
     print(f"jax {jax.__version__}, {jax.device_count()} CPU devices, {os.cpu_count()} cores")
     print(f"load average at start: {os.getloadavg()}")
     print()
     print(
-        "| problem | devices | first fit (s, compile + run) | ms/step (wall) | ms/step (CPU) "
-        "| images/s | fixed cost per call (ms, wall) |"
+        "| problem | devices | first fit (s, compile + run) | ms/step, fastest chunk "
+        "| ms/step, median chunk | CPU ms/step, median chunk | images/s, fastest chunk |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
     steps = args.steps
     for name, problem in problems().items():
         for k in args.devices:
-            first, _ = timed_fit(problem, k, steps, steps)
-            short = [timed_fit(problem, k, steps, steps) for _ in range(args.repeats)]
-            long = [timed_fit(problem, k, 2 * steps, steps) for _ in range(args.repeats)]
-            wall = [statistics.median(r[0] for r in runs) for runs in (short, long)]
-            cpu = [statistics.median(r[1] for r in runs) for runs in (short, long)]
-            step, step_cpu = (wall[1] - wall[0]) / steps, (cpu[1] - cpu[0]) / steps
-            fixed = wall[0] - steps * step
+            start = time.perf_counter()
+            fit(problem, k, steps, 1)
+            first = time.perf_counter() - start
+            with ChunkTimer() as timer:
+                fit(problem, k, steps, args.chunks)
+            wall = sorted(t[0] / steps for t in timer.times)
+            cpu = statistics.median(t[1] / steps for t in timer.times)
             print(
-                f"| {name} | {k} | {first:.2f} | {1e3 * step:.2f} | {1e3 * step_cpu:.2f} "
-                f"| {BATCH / step:,.0f} | {1e3 * fixed:.0f} |",
+                f"| {name} | {k} | {first:.1f} | {1e3 * wall[0]:.2f} "
+                f"| {1e3 * statistics.median(wall):.2f} | {1e3 * cpu:.2f} "
+                f"| {BATCH / wall[0]:,.0f} |",
                 flush=True,
             )
     print()
