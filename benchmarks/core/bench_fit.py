@@ -33,6 +33,7 @@ every contender and every subprocess.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -309,16 +310,32 @@ def vigrad_chunk_inputs(prob: dict, data: tuple, steps: int):
     obj_state = OBJECTIVE.init_state(
         init_key, fit_mod._constrain(params_u, cons_key), prob["model"], prob["guide"], *data
     )
-    carry = (params_u, OPTIMIZER.init(params_u), obj_state, jnp.array(-1, jnp.int32))
-    chunk = fit_mod._compiled_chunk(
-        prob["model"], prob["guide"], OBJECTIVE, OPTIMIZER, static_key, cons_key, steps
-    )
-    return chunk, (carry, jnp.asarray(0, jnp.int32), base_key, dynamic)
+    carry = (params_u, OPTIMIZER.init(params_u), obj_state)
+    chunk = _fit_chunk(prob, static_key, cons_key, steps)
+    return chunk, _chunk_args(carry, base_key, dynamic, steps)
+
+
+def _fit_chunk(prob: dict, static_key: tuple, cons_key: tuple, steps: int):
+    """The run driver's compiled chunk of fit's step (private API), its chunk size and thinning
+    fixed, so it is called with the traced arguments of :func:`_chunk_args` only."""
+    from vigrad.infer import driver
+    from vigrad.infer import fit as fit_mod
+
+    parts = (prob["model"], prob["guide"], OBJECTIVE, OPTIMIZER, static_key, cons_key)
+    build = functools.partial(fit_mod._fit_step, *parts)
+    chunk = driver.compiled_chunk(("vigrad.fit", *parts, None), build)
+    return jax.jit(lambda *args: chunk(*args, steps, 1))
+
+
+def _chunk_args(carry: tuple, base_key, dynamic, steps: int) -> tuple:
+    """The driver's traced chunk arguments: carry, constants, no feed, first step, trip count."""
+    i32 = functools.partial(jnp.asarray, dtype=jnp.int32)
+    return (carry, (base_key, dynamic), None, i32(0), i32(steps))
 
 
 def build_vigrad_chunk(prob: dict, data: tuple, steps: int):
     chunk, inputs = vigrad_chunk_inputs(prob, data, steps)
-    return lambda: jax.block_until_ready(chunk(*inputs))[1]
+    return lambda: jax.block_until_ready(chunk(*inputs))[1].loss
 
 
 CONTENDERS = {
@@ -386,6 +403,7 @@ def _timer_wrap(fn, bucket: list):
 
 def call_breakdown(names: list[str], steps: int, reps: int) -> list[str]:
     """Where one warm ``vigrad.fit`` call spends its time, by wrapping its helpers with timers."""
+    from vigrad.infer import driver
     from vigrad.infer import fit as fit_mod
 
     lines = [
@@ -396,7 +414,7 @@ def call_breakdown(names: list[str], steps: int, reps: int) -> list[str]:
         "| objective.init_state (re-trace) | everything else |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    originals = (fit_mod._compiled_chunk, fit_mod.init_params)
+    originals = (driver.compiled_chunk, fit_mod.init_params)
     for name in names:
         prob = PROBLEMS[name]
         data = prob["data"]()
@@ -406,7 +424,7 @@ def call_breakdown(names: list[str], steps: int, reps: int) -> list[str]:
         def compiled_chunk(*a, _orig=originals[0], _b=buckets["chunk"]):
             return _timer_wrap(_orig(*a), _b)
 
-        fit_mod._compiled_chunk = compiled_chunk
+        driver.compiled_chunk = compiled_chunk
         fit_mod.init_params = _timer_wrap(originals[1], buckets["ip"])
         objective.init_state = _timer_wrap(objective.init_state, buckets["is"])
         totals = []
@@ -431,7 +449,7 @@ def call_breakdown(names: list[str], steps: int, reps: int) -> list[str]:
                 if i:  # the first call compiles
                     totals.append((time.perf_counter() - t0, *(sum(b) for b in buckets.values())))
         finally:
-            fit_mod._compiled_chunk, fit_mod.init_params = originals
+            driver.compiled_chunk, fit_mod.init_params = originals
         med = [1e3 * statistics.median(col) for col in zip(*totals, strict=True)]
         rest = med[0] - sum(med[1:])
         lines.append(
@@ -673,11 +691,9 @@ def stages_worker(contender: str, name: str, steps: int) -> None:
             init_key, fit_mod._constrain(params_u, cons_key), prob["model"], prob["guide"], *data
         )
         times["setup: objective.init_state (trace)"] = time.perf_counter() - t
-        carry = (params_u, OPTIMIZER.init(params_u), obj_state, jnp.array(-1, jnp.int32))
-        chunk = fit_mod._compiled_chunk(
-            prob["model"], prob["guide"], OBJECTIVE, OPTIMIZER, static_key, cons_key, steps
-        )
-        _stages(chunk, (carry, jnp.asarray(0, jnp.int32), base_key, dynamic), times)
+        carry = (params_u, OPTIMIZER.init(params_u), obj_state)
+        chunk = _fit_chunk(prob, static_key, cons_key, steps)
+        _stages(chunk, _chunk_args(carry, base_key, dynamic, steps), times)
     else:
         loss = prob["loss"]
 
