@@ -232,24 +232,33 @@ def run_chunks(
             if saved.history:
                 parts.append(c.from_history(saved.history))
     run = compiled_chunk(config, build)
+
+    def count(step: int) -> int:
+        return min(chunk_size, stop - step)
+
+    def fed(step: int) -> Any:
+        return None if feed is None or step >= stop else feed(step, count(step))
+
     step, bad = start, -1
+    x = fed(step)
     with ChunkProgress(stop, initial=start, desc=desc, enabled=progress_bar) as progress:
         while step < stop:
-            n = min(chunk_size, stop - step)
-            x = None if feed is None else feed(step, n)
+            n = count(step)
             first = jnp.asarray(step, jnp.int32)
             new_carry, buffer, bad, mask = run(
                 carry, consts, x, first, jnp.asarray(n, jnp.int32), chunk_size, thinning
             )
+            # The chunk runs asynchronously: the host gathers the next chunk's inputs meanwhile.
+            next_x = fed(step + n)
             bad, mask = host_copy((bad, mask))
             bad = int(bad)
             if bad >= 0:
                 if bad > step:
-                    count = jnp.asarray(bad - step, jnp.int32)
-                    carry = run(carry, consts, x, first, count, chunk_size, thinning)[0]
+                    done = jnp.asarray(bad - step, jnp.int32)
+                    carry = run(carry, consts, x, first, done, chunk_size, thinning)[0]
                 parts.append(_head(buffer, (bad - step) // thinning))
                 break
-            carry = new_carry
+            carry, x = new_carry, next_x
             parts.append(_head(buffer, n // thinning))
             step += n
             progress.update(n, **(summary(parts[-1]) if summary is not None else {}))
