@@ -55,3 +55,10 @@ def test_an_uncached_configuration_runs_the_same():
     result = run_chunks(None, walk, jnp.zeros(()), consts, 12, 5, progress_bar=False)
     assert len(_CHUNKS) == before
     np.testing.assert_array_equal(result.outputs, run(12, 12).outputs)
+
+
+def test_warmup_keeps_no_output_and_thinning_counts_from_it():
+    whole = run(40, 40)
+    warm = run(40, 6, thinning=3, warmup=10)  # chunks 0-6, 6-10, then 10-16, ...
+    np.testing.assert_array_equal(warm.outputs, whole.outputs[10 + 2 :: 3])
+    np.testing.assert_array_equal(warm.carry, whole.carry)

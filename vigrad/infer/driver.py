@@ -189,6 +189,7 @@ def run_chunks(
     chunk_size: int,
     *,
     start: int = 0,
+    warmup: int = 0,
     thinning: int = 1,
     feed: Callable[[int, int], Any] | None = None,
     progress_bar: bool = True,
@@ -206,8 +207,11 @@ def run_chunks(
         chunk_size: steps per compiled chunk; progress, divergence checks and checkpoints happen
             between chunks. With ``thinning``, a multiple of it.
         start: the first step (0, or where a resumed checkpoint left off).
+        warmup: steps before this one keep no output; the chunk that reaches it ends there, so
+            the thinning groups after it are counted from it.
         thinning: keep the output of every ``thinning``-th step (the last of each group, counted
-            from ``start``); the others are never copied off the device.
+            from ``start``, or from ``warmup`` after it); the others are never copied off the
+            device.
         feed: ``feed(step, n) -> pytree`` of arrays with a leading axis of ``chunk_size``: the
             inputs of steps ``step, ..., step + n - 1`` in its first ``n`` rows (the rest padding),
             produced on the host and transferred once per chunk.
@@ -234,7 +238,7 @@ def run_chunks(
     run = compiled_chunk(config, build)
 
     def count(step: int) -> int:
-        return min(chunk_size, stop - step)
+        return min(chunk_size, (warmup if step < warmup else stop) - step)
 
     def fed(step: int) -> Any:
         return None if feed is None or step >= stop else feed(step, count(step))
@@ -256,12 +260,15 @@ def run_chunks(
                 if bad > step:
                     done = jnp.asarray(bad - step, jnp.int32)
                     carry = run(carry, consts, x, first, done, chunk_size, thinning)[0]
-                parts.append(_head(buffer, (bad - step) // thinning))
+                if step >= warmup:
+                    parts.append(_head(buffer, (bad - step) // thinning))
                 break
             carry, x = new_carry, next_x
-            parts.append(_head(buffer, n // thinning))
+            kept = step >= warmup
+            if kept:
+                parts.append(_head(buffer, n // thinning))
             step += n
-            progress.update(n, **(summary(parts[-1]) if summary is not None else {}))
+            progress.update(n, **(summary(parts[-1]) if summary is not None and kept else {}))
             if checkpointing is not None:
                 _save(checkpointing, carry, consts, step, _concat(parts))
     if bad >= 0:
