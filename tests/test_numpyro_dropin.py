@@ -273,6 +273,7 @@ def model_with_k(y):
         ("analytic_kl", vigrad.EstimatorError, r"Analytic KL terms with multi_sample_guide=True"),
         ("mutable model", vigrad.ModelGuideMismatchError, r"numpyro.mutable site 'seen'"),
         ("Enumerate", vigrad.EstimatorError, r"Enumerate\(\) or MVD\(\) on \['k'\]"),
+        ("R2G2", vigrad.EstimatorError, r"\['R2G2'\] on \['mu'\] with multi_sample_guide=True"),
     ],
 )
 def test_multi_sample_guide_refusals(case, error, message):
@@ -284,6 +285,11 @@ def test_multi_sample_guide_refusals(case, error, message):
         ),
         "mutable model": (mutable_model, sample_guide, vigrad.ELBO(multi_sample_guide=True)),
         "Enumerate": (model_with_k, enumerated_guide, vigrad.ELBO(multi_sample_guide=True)),
+        "R2G2": (
+            mean_model,
+            sample_guide,
+            vigrad.ELBO(multi_sample_guide=True, estimators={"mu": vigrad.R2G2()}),
+        ),
     }[case]
     with pytest.raises(error, match=message):
         loss.loss(jax.random.key(0), {"m": 0.3, "s": 0.8}, fitted_model, guide, Y)

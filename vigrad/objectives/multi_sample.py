@@ -26,6 +26,7 @@ from numpyro.handlers import seed, substitute, trace
 
 from vigrad.errors import EstimatorError, ModelGuideMismatchError
 from vigrad.estimators.assignment import Assignment
+from vigrad.estimators.base import Estimator
 from vigrad.estimators.log_prob import log_prob
 from vigrad.objectives.particles import (
     ParticleDraw,
@@ -60,6 +61,18 @@ def multi_sample_particle(
             f"Enumerate() or MVD() on {refused} with multi_sample_guide=True: the site's terms in "
             "the model are those of all the guide's samples at once, so its values cannot be "
             "summed out one by one. Use vigrad.Score() for these sites."
+        )
+    # R2-G2 and the local trick act where the model consumes the site (a declared linear map),
+    # which here sees one of the guide's samples at a time; nothing would apply them.
+    declared = sorted(
+        n for n, est in sampler.chosen.items() if type(est).finish is not Estimator.finish
+    )
+    if declared:
+        raise EstimatorError(
+            f"{[type(sampler.chosen[n]).__name__ for n in declared]} on {declared} with "
+            "multi_sample_guide=True: these estimators act on the linear map the model declares "
+            "for the site, and the model here scores one of the guide's samples at a time. Use "
+            "vigrad.Reparam() for these sites, or multi_sample_guide=False."
         )
     latent = {n: s for n, s in guide_tr.items() if s["type"] == "sample" and not s["is_observed"]}
     num = _num_samples(latent)
