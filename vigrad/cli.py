@@ -63,16 +63,17 @@ def make_objective(name: str, num_particles: int, estimators: dict, alpha: float
 
 def _full_data(fn, zm, data):
     """``fn`` with the zoo model's data plate (if it subsamples) set to every index."""
-    import jax
     import jax.numpy as jnp
-    from numpyro.handlers import seed, substitute, trace
+    from numpyro.handlers import substitute
+
+    from vigrad.traces import trace_program
 
     if not zm.data_plate:
         return fn
-    tr = trace(seed(zm.model, jax.random.key(0))).get_trace(**data)
-    if zm.data_plate not in tr:
+    plates = trace_program(zm.model, kwargs=data).plates
+    if zm.data_plate not in plates:
         return fn
-    return substitute(fn, data={zm.data_plate: jnp.arange(tr[zm.data_plate]["args"][0])})
+    return substitute(fn, data={zm.data_plate: jnp.arange(plates[zm.data_plate]["args"][0])})
 
 
 def _print_summary(summary, posterior: dict) -> None:
@@ -290,10 +291,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         )
         params = result.params
     else:
-        from numpyro.handlers import seed, trace
+        from vigrad.traces import trace_program, values
 
-        tr = trace(seed(zm.guide, 0)).get_trace(**data)
-        params = {k: v["value"] for k, v in tr.items() if v["type"] == "param"}
+        params = values(trace_program(zm.guide, kwargs=data).params)
     selection = select_estimators(
         zm.model,
         zm.guide,
