@@ -31,7 +31,6 @@ X = jnp.array([0.5, 1.2, -0.3, 2.0, 0.9, 1.4])
 OBJECTIVE = vigrad.ELBO(num_particles=8, estimators={"mu": vigrad.PathGradient()})
 OPTIMIZER = optax.adam(0.05)
 driver_module = importlib.import_module("vigrad.infer.driver")
-sample_module = importlib.import_module("vigrad.sgmcmc.sample")
 
 
 def model(x):
@@ -161,7 +160,7 @@ def draw(num_samples, kernel=KERNEL, **kw):
 def test_sample_resumed_after_interruption_equals_uninterrupted(tmp_path, monkeypatch):
     whole = draw(240).samples["mu"]  # Step t depends on t alone: a shorter run is a prefix.
     path = tmp_path / "ckpt.npz"
-    interrupt_after(monkeypatch, sample_module, saves=3)
+    interrupt_after(monkeypatch, driver_module, saves=3)
     with pytest.raises(Interrupted):
         draw(150, checkpoint_path=path)
     monkeypatch.undo()

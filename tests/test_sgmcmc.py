@@ -213,6 +213,9 @@ def test_chunking_and_resume_do_not_change_the_draws(tmp_path, data):
     )
     np.testing.assert_allclose(chunked.samples["mu"], whole.samples["mu"], rtol=1e-12)
     assert os.path.exists(path)
+    # Chunks shorter than a thinning group are lengthened to one group.
+    short = sg.sample(gaussian_mean, kernel, 150, 8, 2, key, data, chunk_size=2, **common)
+    np.testing.assert_array_equal(short.samples["mu"], whole.samples["mu"])
     resumed = sg.sample(
         gaussian_mean,
         kernel,

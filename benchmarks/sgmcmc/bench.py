@@ -13,6 +13,7 @@ wall time (compilation included), for SGLD, pSGLD, SGHMC and SGLD-CV.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -25,9 +26,10 @@ import numpyro.distributions as dist
 from numpyro.infer import MCMC, NUTS
 
 import vigrad.sgmcmc as sg
+from vigrad.infer import driver
 from vigrad.infer.static import split_static
 from vigrad.sgmcmc.minibatch import Problem, Target
-from vigrad.sgmcmc.sample import constant_step_size, run_chunk
+from vigrad.sgmcmc.sample import constant_step_size, sample_step
 
 N, D, BATCH = 100_000, 10, 256
 SGHMC_L = 10
@@ -49,19 +51,22 @@ def model(x, y):
 
 
 def vigrad_loop(kernel, x, y, steps, key):
-    """The compiled loop :func:`vigrad.sgmcmc.sample` runs, built the same way, one chain."""
+    """The run driver's compiled chunk that :func:`vigrad.sgmcmc.sample` runs (private API),
+    built the same way, one chain: no feed, ``steps`` steps from step 0, every draw kept."""
     target = Target(model, (x, y), {}, key)
     dynamic, static_key = split_static((x, y), {})
     problem = Problem(target, dynamic, static_key, BATCH)
     carry = jax.vmap(kernel.init)({"w": jnp.zeros((1, D))})
     keys = jax.random.split(key, 1)
     i32 = lambda v: jnp.asarray(v, jnp.int32)  # noqa: E731
-    static, eps = kernel.static(), constant_step_size(kernel)
+    static = kernel.static()
+    chunk = driver.compiled_chunk(
+        ("vigrad.sgmcmc.sample", static), functools.partial(sample_step, static)
+    )
+    consts = (problem, keys, constant_step_size(kernel), ())
 
     def go():
-        out = run_chunk(
-            static, problem, carry, i32(0), i32(steps), i32(1), keys, eps, (), steps, steps
-        )
+        out = chunk(carry, consts, None, i32(0), i32(steps), steps, 1)
         return jax.block_until_ready(out[1]["w"])
 
     return go

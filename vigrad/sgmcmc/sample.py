@@ -1,13 +1,16 @@
-"""The SG-MCMC driver: chains by ``vmap``, steps by ``lax.scan`` in compiled chunks.
+"""SG-MCMC sampling: chains by ``vmap``, steps in the compiled chunks of the run driver.
 
 Step ``t`` of chain ``c`` draws its randomness from ``fold_in(chain_key[c], t)``, so a run does not
 depend on how it is cut into chunks and a run resumed from a checkpoint equals an uninterrupted one.
-Between chunks: the progress bar, the divergence check and the checkpoint.
+The chunks, the progress bar, the divergence check (the first step where a chain's position is NaN
+or infinite) and the checkpoints are :mod:`vigrad.infer.driver`'s, shared with :func:`vigrad.fit`.
 
-The chunk is one module-level compiled function, :func:`run_chunk`, cached by JAX on the kernel's
-static part and the structure of the problem; arrays (the data, the prepared centre, metric or
-shard table, a constant step size) are its traced arguments, so a later call with arrays of the
-same shapes reuses the compilation.
+The step, :func:`sample_step`, is built once per static part of the kernel
+(:meth:`Kernel.static`) and its compiled chunk is cached by the driver; the problem's structure
+(model, plate, site shapes, non-array arguments, batch size) is part of the compiled function's
+signature, and arrays (the data, the prepared centre, metric or shard table, a constant step size,
+the keys) are traced arguments, so a later call with arrays of the same shapes reuses the
+compilation.
 """
 
 from __future__ import annotations
@@ -24,9 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vigrad.errors import DataError
-from vigrad.infer.checkpoint import resume_checkpoint, save_checkpoint
 from vigrad.infer.describe import array_summary, describe
-from vigrad.infer.progress import ChunkProgress
+from vigrad.infer.driver import Checkpointing, Step, default_chunk_size, run_chunks
 from vigrad.infer.static import split_static
 from vigrad.sgmcmc.convergence import RHAT_MAX, ConvergenceWarning, check_convergence
 from vigrad.sgmcmc.kernel import Kernel
@@ -100,60 +102,36 @@ def transitions(
     return jax.vmap(per_chain)(states, chain_keys, keys, eps)
 
 
-@functools.partial(jax.jit, static_argnames=("kernel", "buffer_size", "max_steps"))
-def run_chunk(
-    kernel: Kernel,
-    problem: Problem,
-    carry: Any,
-    start: jax.Array,
-    n_outer: jax.Array,
-    n_inner: jax.Array,
-    chain_keys: jax.Array,
-    step_size: jax.Array,
-    aux: Any,
-    buffer_size: int,
-    max_steps: int,
-) -> tuple[Any, Any]:
-    """``n_outer * n_inner`` steps from step ``start``, keeping every ``n_inner``-th position.
+def sample_step(kernel: Kernel) -> Step:
+    """The run driver's step for ``kernel`` (its static part): every chain's transition ``t``.
 
-    The compilation is cached by JAX on the static arguments and the pytree structure of the
-    others: ``kernel`` (its static part, :meth:`Kernel.static`), the problem's model, plate, site
-    shapes, non-array arguments and batch size, and the two buffer sizes. Trip counts are traced,
-    so warm-up, sampling and a short last chunk share one compilation; draws go into a buffer of
-    static size (indices past it are clamped and ignored).
+    The carry is the chains' kernel states; the constants are ``(problem, chain_keys, step_size,
+    aux)``; the output is the constrained position (the draw); a chain whose position is NaN or
+    infinite fails ``finite``.
     """
-    target = problem.target
-    # Step t of chain c uses split(fold_in(chain_key[c], t)). The chunk's keys are derived in one
-    # vectorised call before the loop: a small hash per step inside the loop costs about as much
-    # as the rest of an SGLD step on CPU. The draws inside the loop use the same bits through
-    # unrolled Threefry rounds, which XLA fuses (see vigrad.sgmcmc.random).
-    ts = start + jnp.arange(max_steps, dtype=jnp.int32)
-    step_keys = unrolled(
-        jax.vmap(
-            lambda t: jax.vmap(lambda c: jax.random.split(jax.random.fold_in(c, t)))(chain_keys)
-        )(ts)
-    )
 
-    def body(j, loop):
-        # One flat loop over the chunk's steps (a nested loop per draw costs more per step on
-        # CPU); the draw slot j // n_inner is overwritten until its last step.
-        # No per-step NaN check: a NaN or infinite position stays non-finite, so the driver finds
-        # a divergence from the chunk's final state and locates it in the draws.
-        states, buffer = loop
-        states = transitions(
-            kernel, problem, aux, states, start + j, chain_keys, step_keys[j], step_size
-        )
-        draw = jax.vmap(target.constrain)(states.position)
-        buffer = jax.tree.map(
-            lambda b, d: jax.lax.dynamic_update_index_in_dim(b, d, j // n_inner, 0),
-            buffer,
-            draw,
-        )
-        return states, buffer
+    def step(states, t, consts, keys):
+        problem, chain_keys, step_size, aux = consts
+        states = transitions(kernel, problem, aux, states, t, chain_keys, keys, step_size)
+        return states, jax.vmap(problem.target.constrain)(states.position)
 
-    draw = jax.eval_shape(jax.vmap(target.constrain), carry.position)
-    buffer = jax.tree.map(lambda d: jnp.zeros((buffer_size, *d.shape), d.dtype), draw)
-    return jax.lax.fori_loop(0, n_outer * n_inner, body, (carry, buffer))
+    def finite(states, draw):
+        return jax.vmap(_all_finite)(states.position)
+
+    def inputs(consts, start, size, fed):
+        # Step t of chain c uses split(fold_in(chain_key[c], t)). The chunk's keys are derived in
+        # one vectorised call before the loop: a small hash per step inside the loop costs about
+        # as much as the rest of an SGLD step on CPU. The draws inside the loop use the same bits
+        # through unrolled Threefry rounds, which XLA fuses (see vigrad.sgmcmc.random).
+        chain_keys = consts[1]
+        ts = start + jnp.arange(size, dtype=jnp.int32)
+        return unrolled(
+            jax.vmap(
+                lambda t: jax.vmap(lambda c: jax.random.split(jax.random.fold_in(c, t)))(chain_keys)
+            )(ts)
+        )
+
+    return Step(step, finite, inputs)
 
 
 def constant_step_size(kernel: Kernel) -> jax.Array:
@@ -214,7 +192,8 @@ def sample(
             chain axis). Default: uniform on (-2, 2) in unconstrained space, or the kernel's
             centre (SGLD-CV).
         data_plate: the plate to minibatch, when the observed sites share several plates.
-        chunk_size: steps per compiled chunk (default: a twentieth of the run).
+        chunk_size: steps per compiled chunk (default: a twentieth of the run), rounded down to
+            whole thinning groups (at least one).
         devices: an int or a list of devices to split the chains over (``jax.sharding``);
             ``num_chains`` must be a multiple of their number.
         check: check convergence (split R-hat, bulk and tail ESS against ArviZ's thresholds) and
@@ -270,10 +249,8 @@ def sample(
         chain_keys = jax.device_put(chain_keys, sharding)
 
     total = num_warmup + num_draws * thinning
-    chunk = int(chunk_size or max(1, math.ceil(total / 20)))
-    chunk_draws = max(1, chunk // thinning)
-    step, draws = 0, []
-    run_info = None
+    chunk = int(chunk_size or default_chunk_size(total))
+    checkpointing = None
     if checkpoint_path is not None:
         run_info = _run_info(states, kernel, rng_key, init_params, target.plate)
         run_info.update(
@@ -284,72 +261,42 @@ def sample(
             num_samples=num_samples,
             num_steps=total,
         )
-    saved = resume_checkpoint(
-        checkpoint_path,
-        resume,
-        {"states": states, "chain_keys": chain_keys, "aux": aux, "step": 0},
-        run_info,
-        extendable=("num_samples", "num_steps"),
-    )
-    if saved is not None:
-        states, chain_keys, aux = (saved.state[k] for k in ("states", "chain_keys", "aux"))
-        step = saved.state["step"]
-        draws = [saved.history] if saved.history else []
+        checkpointing = Checkpointing(
+            checkpoint_path,
+            run_info,
+            pack=_pack,
+            unpack=_unpack,
+            to_history=_by_chain,
+            from_history=_by_chain,
+            resume=resume,
+            extendable=("num_samples", "num_steps"),
+        )
+    elif resume not in (False, True, "extend"):
+        raise ValueError(f"resume must be True, False or 'extend', got {resume!r}")
 
-    step_size = constant_step_size(kernel)
-    carry = states
-    with ChunkProgress(total, initial=step, desc="vigrad.sgmcmc", enabled=progress_bar) as bar:
-        while step < total:
-            if step < num_warmup:
-                n_outer, n_inner, collect = min(chunk, num_warmup - step), 1, False
-            else:
-                done = (step - num_warmup) // thinning
-                n_outer = min(chunk_draws, num_draws - done)
-                n_inner, collect = thinning, True
-            i32 = functools.partial(jnp.asarray, dtype=jnp.int32)
-            carry, out = run_chunk(
-                static,
-                problem,
-                carry,
-                i32(step),
-                i32(n_outer),
-                i32(n_inner),
-                chain_keys,
-                step_size,
-                aux,
-                chunk_draws,
-                chunk,
-            )
-            finite = np.asarray(jax.vmap(_all_finite)(carry.position))
-            if not finite.all():
-                c = int(np.argmin(finite))
-                slots = min(n_outer, chunk_draws)
-                ok = [
-                    bool(np.all([np.isfinite(x[i, c]).all() for x in jax.tree.leaves(out)]))
-                    for i in range(slots)
-                ]
-                i = ok.index(False) if False in ok else slots - 1
-                first = step + i * n_inner
-                last = step + n_outer * n_inner if i == slots - 1 else first + n_inner
-                raise DivergentChainError(
-                    f"chain {c} diverged between steps {first} and {last}: its position became "
-                    f"NaN or infinite. Use a smaller step size (now {kernel.step_size!r}) or a "
-                    "larger batch, or check the model for invalid values."
-                )
-            if collect:
-                draws.append(
-                    jax.tree.map(lambda x, n=n_outer: np.swapaxes(np.asarray(x)[:n], 0, 1), out)
-                )
-            step += n_outer * n_inner
-            bar.update(n_outer * n_inner)
-            if checkpoint_path is not None:
-                save_checkpoint(
-                    checkpoint_path,
-                    {"states": carry, "chain_keys": chain_keys, "aux": aux, "step": step},
-                    run_info,
-                    history=_concat(draws),
-                )
-    samples = _concat(draws)
+    result = run_chunks(
+        ("vigrad.sgmcmc.sample", static),
+        functools.partial(sample_step, static),
+        states,
+        (problem, chain_keys, constant_step_size(kernel), aux),
+        total,
+        # The driver keeps whole thinning groups per chunk.
+        max(1, chunk // thinning) * thinning,
+        warmup=num_warmup,
+        thinning=thinning,
+        progress_bar=progress_bar,
+        desc="vigrad.sgmcmc",
+        checkpointing=checkpointing,
+    )
+    if result.bad_step is not None:
+        bad, chain = result.bad_step, int(np.argmin(result.bad_mask))
+        raise DivergentChainError(
+            f"chain {chain} diverged between steps {bad} and {bad + 1}: its position became "
+            f"NaN or infinite. Use a smaller step size (now {kernel.step_size!r}) or a larger "
+            "batch, or check the model for invalid values."
+        )
+    carry, aux = result.carry, result.consts[3]
+    samples = _by_chain(result.outputs)
     convergence = None
     if check:
         convergence = check_convergence(samples)
@@ -420,7 +367,17 @@ def _run_info(
     }
 
 
-def _concat(draws: list) -> dict | None:
-    if not draws:
-        return None
-    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *draws)
+def _pack(states: Any, consts: tuple, step: int) -> dict:
+    return {"states": states, "chain_keys": consts[1], "aux": consts[3], "step": step}
+
+
+def _unpack(state: dict, consts: tuple) -> tuple:
+    problem, _, step_size, _ = consts
+    consts = (problem, state["chain_keys"], step_size, state["aux"])
+    return state["states"], consts, state["step"]
+
+
+def _by_chain(draws: dict) -> dict:
+    """Draws with the chain axis first (the result's and the checkpoint's layout) from the
+    driver's step-first layout, and back."""
+    return {n: np.ascontiguousarray(np.swapaxes(x, 0, 1)) for n, x in draws.items()}
