@@ -282,18 +282,22 @@ def test_errors():
     p = params()
     key = jax.random.key(0)
     with pytest.raises(vigrad.ModelGuideMismatchError, match="with_reverse"):
-        IWHVI().loss(key, p, model, guide, X)
+        jax.eval_shape(lambda: IWHVI().loss(key, p, model, guide, X))
     with pytest.raises(vigrad.ModelGuideMismatchError, match="with_reverse"):
-        HVI().loss(key, p, model, guide, X)
+        jax.eval_shape(lambda: HVI().loss(key, p, model, guide, X))
     with pytest.raises(vigrad.EstimatorError, match="PathGradient.*site 'z'.*IWHVI"):
-        IWHVI(estimators={"z": vigrad.PathGradient()}).loss(key, p, HMODEL, guide, X)
+        jax.eval_shape(
+            lambda: IWHVI(estimators={"z": vigrad.PathGradient()}).loss(key, p, HMODEL, guide, X)
+        )
 
     def discrete_reverse(latents, x):
         numpyro.sample("u", dist.Laplace(latents["z"], 1.0).mask(True))
         numpyro.sample("w", dist.Bernoulli(0.5))
 
     with pytest.raises(vigrad.ModelGuideMismatchError, match="'w' has no value"):
-        IWHVI().loss(key, p, with_reverse(model, discrete_reverse), guide, X)
+        jax.eval_shape(
+            lambda: IWHVI().loss(key, p, with_reverse(model, discrete_reverse), guide, X)
+        )
     with pytest.raises(ValueError, match="num_inner"):
         IWHVI(num_inner=-1)
 
@@ -319,11 +323,15 @@ def test_unpaired_auxiliary_sites_are_errors():
 
     for objective in (HVI(), IWHVI(num_inner=1)):
         with pytest.raises(vigrad.ModelGuideMismatchError, match="'w'.*reverse model"):
-            objective.loss(key, p, HMODEL, guide_with_extra, X)
+            jax.eval_shape(lambda o=objective: o.loss(key, p, HMODEL, guide_with_extra, X))
 
     def reverse_with_extra(latents, x):
         reverse(latents, x)
         numpyro.sample("v", dist.Normal(0.0, 1.0))
 
     with pytest.raises(vigrad.ModelGuideMismatchError, match="'v'"):
-        IWHVI(num_inner=1).loss(key, p, with_reverse(model, reverse_with_extra), guide, X)
+        jax.eval_shape(
+            lambda: IWHVI(num_inner=1).loss(
+                key, p, with_reverse(model, reverse_with_extra), guide, X
+            )
+        )

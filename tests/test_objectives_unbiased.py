@@ -114,7 +114,7 @@ def test_negative_control_baseline_including_own_particle_is_rejected():
 def test_leave_one_out_rejected_where_particles_are_combined():
     objective = vigrad.IWELBO(K, estimators={"k": vigrad.Score(vigrad.LeaveOneOut())})
     with pytest.raises(vigrad.EstimatorError, match="Site 'k'.*VIMCO"):
-        objective.loss(jax.random.key(0), DISC, disc_model, disc_guide, Y)
+        jax.eval_shape(lambda: objective.loss(jax.random.key(0), DISC, disc_model, disc_guide, Y))
 
 
 # Continuous model with a model parameter: IWELBO / Rényi gradients by 2-D Gauss-Hermite quadrature.
@@ -171,7 +171,7 @@ def test_dreg_unbiased(alpha):
 def test_naive_stl_inside_iwelbo_is_refused_and_its_bias_detected():
     objective = vigrad.IWELBO(2, estimators={"mu": vigrad.PathGradient()})
     with pytest.raises(vigrad.EstimatorError, match="PathGradient.*'mu'.*IWELBO.*DReG"):
-        objective.loss(jax.random.key(0), CONT, cont_model, cont_guide, X)
+        jax.eval_shape(lambda: objective.loss(jax.random.key(0), CONT, cont_model, cont_guide, X))
     objective.check_unbiasedness = False
     assert cont_z(objective, log_mean_exp) > THRESHOLD
 
@@ -179,7 +179,7 @@ def test_naive_stl_inside_iwelbo_is_refused_and_its_bias_detected():
 def test_dreg_rejects_score_sites():
     objective = vigrad.DReG(3, estimators={"k": vigrad.Score(), "z": vigrad.Score()})
     with pytest.raises(vigrad.EstimatorError, match="site 'k'"):
-        objective.loss(jax.random.key(0), DISC, disc_model, disc_guide, Y)
+        jax.eval_shape(lambda: objective.loss(jax.random.key(0), DISC, disc_model, disc_guide, Y))
 
 
 # Stateful control variates: the state after some steps depends on past samples only.

@@ -137,7 +137,7 @@ def test_mvd_unbiased_in_the_elbo():
 def test_mvd_refused_in_the_iwelbo_and_its_bias_detected():
     objective = vigrad.IWELBO(2, estimators={"k": vigrad.MVD()})
     with pytest.raises(vigrad.EstimatorError, match="MVD.*'k'.*IWELBO"):
-        objective.loss(jax.random.key(0), DISC, disc_model, disc_guide, Y)
+        jax.eval_shape(lambda: objective.loss(jax.random.key(0), DISC, disc_model, disc_guide, Y))
     objective.check_unbiasedness = False
     exact = jax.grad(exact_by_enumeration(vigrad.log_mean_exp, 2))(DISC)
     assert z_against(objective, disc_model, disc_guide, DISC, exact, Y) > THRESHOLD
@@ -146,7 +146,7 @@ def test_mvd_refused_in_the_iwelbo_and_its_bias_detected():
 def test_mvd_cannot_serve_continuous_sites():
     objective = vigrad.ELBO(estimators={"mu": vigrad.MVD()})
     with pytest.raises(vigrad.EstimatorError, match="MVD.*'mu'.*finite support"):
-        objective.loss(jax.random.key(0), CONT, cont_model, cont_guide, X)
+        jax.eval_shape(lambda: objective.loss(jax.random.key(0), CONT, cont_model, cont_guide, X))
 
 
 # Bernoulli(logits=a).log_prob at a = 0: NumPyro's gradient is 0 or 1 there instead of -1/2 or 1/2.
@@ -234,7 +234,7 @@ def test_flow_autoguides_need_no_inverse(autoguide):
     path = vigrad.ELBO(estimators={"_auto_latent": vigrad.PathGradient()})
     if autoguide == "AutoBNAFNormal":
         with pytest.raises(vigrad.EstimatorError, match="'_auto_latent'.*invert.*Reparam"):
-            path.loss(keys[0], p, model, guide)
+            jax.eval_shape(lambda: path.loss(keys[0], p, model, guide))
 
 
 # Plate subsampling: each term's scale is applied once (score terms: to the cost, not to log q).
@@ -345,7 +345,9 @@ def test_analytic_kl_unbiased_and_refused_where_biased():
         return vigrad.log_mean_exp(p.particles(2, analytic_kl=True).log_w)
 
     with pytest.raises(vigrad.EstimatorError, match="Analytic KL.*biased in iwelbo_with_kl"):
-        iwelbo_with_kl.loss(jax.random.key(0), CONT, cont_model, cont_guide, X)
+        jax.eval_shape(
+            lambda: iwelbo_with_kl.loss(jax.random.key(0), CONT, cont_model, cont_guide, X)
+        )
 
     def model():
         b = numpyro.sample("b", dist.Normal(0.0, 1.0))
@@ -356,7 +358,7 @@ def test_analytic_kl_unbiased_and_refused_where_biased():
         numpyro.sample("b", dist.Normal(0.0, 1.0))
 
     with pytest.raises(vigrad.EstimatorError, match="'a'.*depends on \\['b'\\].*after"):
-        objective.loss(jax.random.key(0), {"m": 0.0}, model, guide_a_first)
+        jax.eval_shape(lambda: objective.loss(jax.random.key(0), {"m": 0.0}, model, guide_a_first))
 
 
 def test_primitives_inside_control_flow_are_a_clear_error():
