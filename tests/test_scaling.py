@@ -64,12 +64,15 @@ COMMON = textwrap.dedent(
 SHARDED = COMMON + textwrap.dedent(
     """
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from vigrad.infer.sharding import constrain_particles, particles_over
+    from vigrad.infer.sharding import particles_over
+    from vigrad.objectives.particle_axis import constrain_particles
     assert jax.device_count() == 4
     grid = Mesh(np.array(jax.devices()).reshape(2, 2), ("data", "particles"))
     cases = [
         ("ELBO, path gradient, full data", model, vigrad.ELBO(4), dict(devices=4)),
         ("IWELBO, subsampled plate", subsampled, vigrad.IWELBO(8), dict(mesh=grid)),
+        ("IWELBO, particles only", model, vigrad.IWELBO(8),
+         dict(mesh=Mesh(np.array(jax.devices()).reshape(1, 4), ("data", "particles")))),
         ("ELBO, score with a moving-average baseline", model,
          vigrad.ELBO(4, estimators={"mu": vigrad.Score(vigrad.MovingAverage())}), dict(devices=4)),
     ]

@@ -4,7 +4,7 @@ A fit's mesh has up to two axes. On ``"data"`` the data plate is split: every ar
 leading axis is the data plate's size, and every streamed minibatch, is sharded along that axis, so
 each device evaluates the likelihood of its part of the data and XLA's SPMD partitioner inserts the
 all-reduce that sums the gradient across devices. On ``"particles"`` the objective's particles are
-split: :func:`constrain_particles` shards a particle block's keys, and the partitioner propagates
+split: :func:`vigrad.objectives.particle_axis.constrain_particles` shards a particle block's keys, and the partitioner propagates
 that sharding through the vectorised particle computations; objectives that combine particles
 (IWELBO's log-mean-exp, leave-one-out baselines) reduce across the axis with XLA collectives. The
 parameters, optimiser and control-variate states are replicated. Each device computes the same
@@ -26,11 +26,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from numpyro.handlers import seed, trace
 
-DATA = "data"
-PARTICLES = "particles"
-AXES = (DATA, PARTICLES)
+from vigrad.objectives.particle_axis import PARTICLES
 
-_particle_sharding: list[NamedSharding] = []
+DATA = "data"
+AXES = (DATA, PARTICLES)
 
 
 def make_mesh(devices: int | Sequence[jax.Device] | None, mesh: Mesh | None) -> Mesh | None:
@@ -129,29 +128,16 @@ def place_data(dynamic: list, mesh: Mesh, num_data: int | None) -> list:
 
 @contextlib.contextmanager
 def particles_over(mesh: Mesh | None):
-    """While tracing a fit's step: particle blocks are split over the mesh's ``particles`` axis."""
+    """While tracing a fit's step: particle blocks are split over the mesh's ``particles`` axis.
+
+    The mesh is JAX's own ambient mesh (:func:`jax.set_mesh`), which ``constrain_particles``
+    reads while the step is traced; vigrad keeps no state of its own for it.
+    """
     if axis_size(mesh, PARTICLES) == 1:
         yield
         return
-    _particle_sharding.append(NamedSharding(mesh, PartitionSpec(PARTICLES)))
-    try:
+    with jax.set_mesh(mesh):
         yield
-    finally:
-        _particle_sharding.pop()
-
-
-def constrain_particles(keys: jax.Array) -> jax.Array:
-    """A particle block's keys, sharded over the ``particles`` axis inside a particle-parallel
-    fit (the identity elsewhere, and for a block whose size the axis does not divide).
-
-    An objective calls it on the keys it ``vmap``-s over; the sharding then propagates to every
-    array of the block."""
-    if not _particle_sharding:
-        return keys
-    sharding = _particle_sharding[-1]
-    if keys.shape[0] % sharding.mesh.shape[PARTICLES]:
-        return keys
-    return jax.lax.with_sharding_constraint(keys, sharding)
 
 
 def host_copy(tree: Any) -> Any:

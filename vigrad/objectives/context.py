@@ -38,6 +38,7 @@ from vigrad.estimators.log_prob import log_prob
 from vigrad.estimators.path import PathGradient
 from vigrad.estimators.score import Score
 from vigrad.objectives.multi_sample import multi_sample_particle
+from vigrad.objectives.particle_axis import constrain_particles
 from vigrad.objectives.particles import (
     ParticleDraw,
     ParticleSites,
@@ -290,7 +291,7 @@ class ProgramContext:
             raise ValueError(
                 "fixed=True and analytic_kl=True apply to guide particles, p.particles(K, ...)"
             )
-        keys = jax.random.split(key, num)
+        keys = constrain_particles(jax.random.split(key, num))
         run_body = body if body is not None else (lambda sub: sub._standard(fixed, analytic_kl))
         out, sub = self._vmap(block_id, keys, run_body, record_nodes=self._record_nodes)
         block = _Block(
