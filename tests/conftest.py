@@ -15,16 +15,6 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 UNOPTIMISED = os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"].lower() in ("1", "true", "yes", "on")
 jax.config.update("jax_disable_most_optimizations", UNOPTIMISED)
 
-# Tests in files that do not mark themselves: they compare with values saved from fully optimised
-# programs, bit for bit.
-OPTIMISED = ("tests/test_fit.py::test_results_are_bit_identical_to_saved_values",)
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if item.nodeid.startswith(OPTIMISED):
-            item.add_marker("optimised")
-
 
 @pytest.fixture(autouse=True)
 def _full_optimisation_where_marked(request):

@@ -25,6 +25,7 @@ import pytest
 
 import vigrad
 import vigrad.sgmcmc as sg
+from tests.models import conjugate_guide, conjugate_model
 from vigrad.infer.checkpoint import load_checkpoint, save_checkpoint
 
 X = jnp.array([0.5, 1.2, -0.3, 2.0, 0.9, 1.4])
@@ -33,16 +34,7 @@ OPTIMIZER = optax.adam(0.05)
 driver_module = importlib.import_module("vigrad.infer.driver")
 
 
-def model(x):
-    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
-    with numpyro.plate("data", x.shape[0]):
-        numpyro.sample("x", dist.Normal(mu, 1.0), obs=x)
-
-
-def guide(x):
-    m = numpyro.param("m", 0.0)
-    s = numpyro.param("s", 1.0, constraint=dist.constraints.positive)
-    numpyro.sample("mu", dist.Normal(m, s))
+model, guide = conjugate_model, conjugate_guide
 
 
 def wide_guide(x):
