@@ -24,9 +24,9 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from numpyro.handlers import seed, trace
 
 from vigrad.objectives.particle_axis import PARTICLES
+from vigrad.traces import trace_program
 
 DATA = "data"
 AXES = (DATA, PARTICLES)
@@ -82,15 +82,8 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 def data_plate_size(model: Callable, args: tuple, kwargs: dict, data_plate: str | None) -> int:
     """The size of the data plate: ``data_plate``, the one subsampled plate, or the largest."""
-    plates = {}
-
-    def record(key):
-        tr = trace(seed(model, key)).get_trace(*args, **kwargs)
-        for site in tr.values():
-            if site["type"] == "plate":
-                plates[site["name"]] = site["args"][:2]
-
-    jax.eval_shape(record, jax.random.key(0))
+    traced = trace_program(model, args, kwargs, abstract=True).plates
+    plates = {name: site["args"][:2] for name, site in traced.items()}
     if data_plate is not None:
         if data_plate not in plates:
             raise ValueError(

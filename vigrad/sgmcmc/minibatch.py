@@ -29,6 +29,7 @@ from numpyro.handlers import seed, substitute, trace
 
 from vigrad.errors import DataError
 from vigrad.infer.static import join_static
+from vigrad.traces import trace_program
 
 Position = dict[str, jax.Array]
 
@@ -57,10 +58,10 @@ class Target:
         self.model = model
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            tr = trace(seed(model, rng_key)).get_trace(*args, **kwargs)
-        plates = {s["name"]: s for s in tr.values() if s["type"] == "plate"}
-        observed = [s for s in tr.values() if s["type"] == "sample" and s["is_observed"]]
-        latent = [s for s in tr.values() if s["type"] == "sample" and not s["is_observed"]]
+            sites = trace_program(model, args, kwargs, rng_key=rng_key)
+        plates = sites.plates
+        observed = list(sites.observed.values())
+        latent = list(sites.latent.values())
         if not observed:
             raise DataError("the model has no observed sites: SG-MCMC needs data in a plate")
         if data_plate is None:
@@ -94,7 +95,7 @@ class Target:
                     "marginalise the local latent or move it out of the plate"
                 )
         self.names = tuple(sorted(s["name"] for s in latent))
-        sites = {s["name"]: s for s in latent}
+        sites = sites.latent
         self.transforms = {n: biject_to(sites[n]["fn"].support) for n in self.names}
         self.event_dims = {n: len(sites[n]["fn"].event_shape) for n in self.names}
         self.shapes = {n: jnp.shape(self.transforms[n].inv(sites[n]["value"])) for n in self.names}

@@ -132,14 +132,9 @@ class SGMCMCResult(NamedTuple):
 def _observed(model: Callable, args: tuple, kwargs: dict) -> dict[str, np.ndarray]:
     import warnings
 
-    import jax
-    from numpyro.handlers import seed, trace
+    from vigrad.traces import trace_program
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        tr = trace(seed(model, jax.random.key(0))).get_trace(*args, **kwargs)
-    return {
-        n: np.asarray(s["value"])
-        for n, s in tr.items()
-        if s["type"] == "sample" and s["is_observed"] and not n.startswith("_")
-    }
+        observed = trace_program(model, args, kwargs).observed
+    return {n: np.asarray(s["value"]) for n, s in observed.items() if not n.startswith("_")}
