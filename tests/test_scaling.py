@@ -54,6 +54,13 @@ COMMON = textwrap.dedent(
         return vigrad.fit(model, guide, objective, optax.adam(0.05), num_steps, jax.random.key(1),
                           *args, progress_bar=False, chunk_size=10, **kw)
 
+    def chains(**kw):
+        # Four SGLD chains on the subsampled model (split over the devices given).
+        result = vigrad.sgmcmc.sample(subsampled, vigrad.sgmcmc.SGLD(1e-3), 40, 16, 4,
+                                      jax.random.key(2), np.asarray(X), progress_bar=False,
+                                      check=False, **kw)
+        return np.asarray(result.samples["mu"])
+
     def same(a, b, what):
         np.testing.assert_allclose(a.losses, b.losses, rtol=1e-10, atol=1e-10, err_msg=what)
         for name in a.params:
@@ -235,6 +242,7 @@ DISTRIBUTED = (
         assert jax.device_count() == 4 and jax.local_device_count() == 2
         result = fit(model, vigrad.ELBO(4), 30, np.asarray(X), devices=4, checkpoint_path=path)
         np.save(f"{path}.{pid}.npy", result.losses)
+        np.save(f"{path}.chains.{pid}.npy", chains(devices=4))
         print("OK", pid)
         """
     )
@@ -243,8 +251,9 @@ DISTRIBUTED = (
 
 @pytest.mark.slow
 def test_two_processes_with_jax_distributed(tmp_path):
-    """Two local processes of two CPU devices each fit with the data split over all four; both
-    see the single-device losses and process 0 alone writes the checkpoint."""
+    """Two local processes of two CPU devices each fit with the data split over all four and run
+    SG-MCMC chains split over all four; both see the single-device losses and draws, and process 0
+    alone writes the checkpoint."""
     port, path = free_port(), tmp_path / "ckpt.npz"
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     procs = [
@@ -263,13 +272,16 @@ def test_two_processes_with_jax_distributed(tmp_path):
     single = run_script(COMMON + SINGLE, path.with_suffix(".single.npy"), env=env)
     assert single.returncode == 0, single.stderr[-3000:]
     reference = np.load(path.with_suffix(".single.npy"))
+    chains = np.load(path.with_suffix(".single.chains.npy"))
     for i in range(2):
         np.testing.assert_allclose(np.load(f"{path}.{i}.npy"), reference, rtol=1e-10)
+        np.testing.assert_allclose(np.load(f"{path}.chains.{i}.npy"), chains, rtol=1e-10)
     assert path.exists() and not list(tmp_path.glob("*.tmp"))
 
 
 SINGLE = textwrap.dedent(
     """
     np.save(sys.argv[1], fit(model, vigrad.ELBO(4), 30, np.asarray(X)).losses)
+    np.save(sys.argv[1].replace(".npy", ".chains.npy"), chains())
     """
 )

@@ -68,7 +68,7 @@ def place(tree: Any, sharding: NamedSharding) -> Any:
         if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
             impl = jax.random.key_impl(x)
             return jax.random.wrap_key_data(one(jax.random.key_data(x)), impl=impl)
-        if isinstance(x, jax.Array) and x.is_fully_addressable:
+        if isinstance(x, jax.Array) and x.is_fully_addressable and sharding.is_fully_addressable:
             return jax.device_put(x, sharding)
         host = np.asarray(x)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])

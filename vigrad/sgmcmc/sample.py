@@ -29,6 +29,7 @@ import numpy as np
 from vigrad.errors import DataError
 from vigrad.infer.describe import array_summary, describe
 from vigrad.infer.driver import Checkpointing, Step, default_chunk_size, run_chunks
+from vigrad.infer.sharding import place
 from vigrad.infer.static import split_static
 from vigrad.sgmcmc.convergence import RHAT_MAX, ConvergenceWarning, check_convergence
 from vigrad.sgmcmc.kernel import Kernel
@@ -245,8 +246,8 @@ def sample(
     chain_keys = jax.random.split(base_key, num_chains)
     if devices is not None:
         sharding = _chain_sharding(devices, num_chains)
-        states = jax.device_put(states, sharding)
-        chain_keys = jax.device_put(chain_keys, sharding)
+        # Global arrays: with jax.distributed the chains span every process's devices.
+        states, chain_keys = place((states, chain_keys), sharding)
 
     total = num_warmup + num_draws * thinning
     chunk = int(chunk_size or default_chunk_size(total))
