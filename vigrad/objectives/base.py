@@ -80,7 +80,14 @@ class Objective(_NumPyroELBO):
         self, rng_key: jax.Array, params: dict, model: Callable, guide: Callable, args, kwargs
     ) -> Evaluation:
         """The program run under the transformation (checks, signals; nothing compiled)."""
-        run = _Run(
+        run = self._run(params, model, guide, args, kwargs)
+        return transform(
+            self.program, self.name, run, rng_key, self.leave_one_out, self.check_unbiasedness
+        )
+
+    def _run(self, params: dict, model: Callable, guide: Callable, args, kwargs) -> _Run:
+        """What every context of one run of the program shares."""
+        return _Run(
             model,
             guide,
             tuple(args),
@@ -88,9 +95,6 @@ class Objective(_NumPyroELBO):
             params,
             self.assignment,
             multi_sample_guide=self.multi_sample_guide,
-        )
-        return transform(
-            self.program, self.name, run, rng_key, self.leave_one_out, self.check_unbiasedness
         )
 
     def init_state(

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from vigrad.errors import EstimatorError
 from vigrad.estimators.assignment import EstimatorSpec
 from vigrad.objectives.base import STATE_SITE, Objective
-from vigrad.objectives.context import ProgramContext, _Run
+from vigrad.objectives.context import ProgramContext
 
 
 class ELBO(Objective):
@@ -69,15 +69,7 @@ class ELBO(Objective):
 
     def site_losses(self, rng_key, params, model, guide, args, kwargs) -> dict[str, jax.Array]:
         """Per site, ``-(1/K) sum_k (log p_site - log q_site)`` on the particles the loss draws."""
-        run = _Run(
-            model,
-            guide,
-            tuple(args),
-            dict(kwargs),
-            params,
-            self.assignment,
-            multi_sample_guide=self.multi_sample_guide,
-        )
+        run = self._run(params, model, guide, args, kwargs)
         particles = ProgramContext(run, rng_key).particles(
             self.num_particles, analytic_kl=self.analytic_kl
         )
