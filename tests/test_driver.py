@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tests.test_fit import CompileCounter
 from vigrad.infer.driver import _CHUNKS, Step, run_chunks
 
 
@@ -44,9 +45,17 @@ def test_chunking_thinning_divergence_and_one_compilation():
     np.testing.assert_array_equal(bad.outputs, whole.outputs[:25])
     np.testing.assert_array_equal(bad.carry, whole.outputs[24])  # the state after step 24
 
-    # Every run above, whatever its trip counts and replays, used one jitted function.
-    chunk = _CHUNKS[("test_driver.walk",)]
-    assert chunk._cache_size() == 4  # one per (chunk size, thinning): (40, 1) (6, 1) (6, 3) (8, 1)
+    # The same runs again, short last chunks and the replay included, compile nothing: trip
+    # counts are traced and the chunk is cached on the configuration.
+    counter = CompileCounter()
+    jax.monitoring.register_event_duration_secs_listener(counter)
+    try:
+        run(40, 6)
+        run(40, 6, thinning=3)
+        run(40, 8, limit=limit - 1e-6)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(counter)
+    assert counter.count == 0
 
 
 def test_an_uncached_configuration_runs_the_same():
