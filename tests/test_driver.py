@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tests.test_fit import CompileCounter
+from tests.compiles import count_compilations
 from vigrad.infer.driver import _CHUNKS, Step, run_chunks
 
 
@@ -47,15 +47,12 @@ def test_chunking_thinning_divergence_and_one_compilation():
 
     # The same runs again, short last chunks and the replay included, compile nothing: trip
     # counts are traced and the chunk is cached on the configuration.
-    counter = CompileCounter()
-    jax.monitoring.register_event_duration_secs_listener(counter)
-    try:
+    def again():
         run(40, 6)
         run(40, 6, thinning=3)
         run(40, 8, limit=limit - 1e-6)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(counter)
-    assert counter.count == 0
+
+    assert count_compilations(again) == 0
 
 
 def test_an_uncached_configuration_runs_the_same():

@@ -15,6 +15,7 @@ import optax
 import pytest
 
 import vigrad
+from tests.compiles import count_compilations
 from tests.models import conjugate_guide, conjugate_model
 
 X = jnp.array([0.5, 1.2, -0.3, 2.0, 0.9, 1.4])
@@ -50,31 +51,11 @@ def test_fit_converges_to_exact_posterior():
     assert abs(float(result.params["s"]) - POST_SD) < 0.01
 
 
-BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
-
-
-class CompileCounter:
-    """Counts XLA compilations (JAX records one backend-compile event per compilation)."""
-
-    def __init__(self):
-        self.count = 0
-
-    def __call__(self, event, duration, **kwargs):
-        if event == BACKEND_COMPILE:
-            self.count += 1
-
-
 def test_second_call_compiles_nothing():
-    counter = CompileCounter()
-    jax.monitoring.register_event_duration_secs_listener(counter)
-    try:
-        run(130, chunk_size=60)  # a short last chunk shares the compiled chunk
-        first = counter.count
-        run(130, chunk_size=60)
-        assert counter.count == first
-    finally:
-        jax.monitoring.unregister_event_duration_listener(counter)
+    # A short last chunk shares the compiled chunk; the second call reuses everything.
+    first = count_compilations(lambda: run(130, chunk_size=60))
     assert first >= 1
+    assert count_compilations(lambda: run(130, chunk_size=60)) == 0
 
 
 REFERENCE = os.path.join(os.path.dirname(__file__), "data", "fit_reference.npz")

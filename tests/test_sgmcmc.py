@@ -13,6 +13,7 @@ import numpyro.distributions as dist
 import pytest
 
 import vigrad.sgmcmc as sg
+from tests.compiles import count_compilations
 from vigrad.errors import DataError
 from vigrad.sgmcmc.minibatch import Target
 
@@ -461,22 +462,6 @@ def test_schedule_and_init_params(data):
     assert np.all(np.abs(fixed.samples["mu"][:, 0] - np.asarray(start["mu"])) < 0.5)
     with pytest.raises(ValueError, match="init_params"):
         sg.sample(gaussian_mean, sg.SGLD(5e-4), 20, 8, 3, jax.random.PRNGKey(13), data, **common)
-
-
-def count_compilations(fn):
-    """XLA compilations while ``fn()`` runs (every jit, eager op or pilot that compiles)."""
-    events = []
-
-    def listen(name, secs, **kwargs):
-        if name == "/jax/core/compile/backend_compile_duration":
-            events.append(name)
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        fn()
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
-    return len(events)
 
 
 @pytest.mark.parametrize(
