@@ -22,7 +22,6 @@ import numpy as np
 import optax
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
-from numpyro.handlers import replay, seed, substitute, trace
 
 from vigrad.infer.describe import array_summary, describe
 from vigrad.infer.driver import Checkpointing, Step, default_chunk_size, run_chunks
@@ -40,6 +39,7 @@ from vigrad.infer.static import join_static, split_static
 from vigrad.infer.stream import Minibatches, as_stream
 from vigrad.objectives.base import Objective
 from vigrad.reprs import fields_repr
+from vigrad.traces import trace_model_and_guide, trace_program
 
 
 class NonFiniteLossWarning(RuntimeWarning):
@@ -117,23 +117,20 @@ def _initialiser(model: Callable, guide: Callable, static_key: tuple, multi_samp
 
     def init(key, dynamic):
         args, kwargs = join_static(dynamic, static_key)
-        guide_tr = trace(seed(guide, key)).get_trace(*args, **kwargs)
         if multi_sample:
-            first = {
-                n: s["value"][0]
-                for n, s in guide_tr.items()
-                if s["type"] == "sample" and not s["is_observed"]
-            }
-            model_fn = substitute(seed(model, key), data=first)
+            guide_sites = trace_program(guide, args, kwargs, rng_key=key)
+            first = {n: s["value"][0] for n, s in guide_sites.latent.items()}
+            model_sites = trace_program(model, args, kwargs, rng_key=key, data=first)
         else:
-            model_fn = seed(replay(model, guide_tr), key)
-        model_tr = trace(model_fn).get_trace(*args, **kwargs)
+            guide_sites, model_sites = trace_model_and_guide(
+                model, guide, args, kwargs, guide_key=key
+            )
         params = {}
-        for site in list(model_tr.values()) + list(guide_tr.values()):
-            if site["type"] == "param":
-                constraint = site["kwargs"].get("constraint", constraints.real)
-                cons[site["name"]] = constraint
-                params[site["name"]] = biject_to(constraint).inv(site["value"])
+        # The guide's sites last: a parameter in both programs takes the guide's initial value.
+        for name, site in {**model_sites.params, **guide_sites.params}.items():
+            constraint = site["kwargs"].get("constraint", constraints.real)
+            cons[name] = constraint
+            params[name] = biject_to(constraint).inv(site["value"])
         # Strong dtypes, so the scan carry keeps one type across steps.
         return jax.tree.map(lambda x: jax.lax.convert_element_type(x, jnp.result_type(x)), params)
 

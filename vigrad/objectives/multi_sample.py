@@ -37,6 +37,7 @@ from vigrad.objectives.particles import (
     _SampleWithEstimators,
     _scaled,
 )
+from vigrad.traces import Sites, values
 
 
 def multi_sample_particle(
@@ -74,35 +75,31 @@ def multi_sample_particle(
             "for the site, and the model here scores one of the guide's samples at a time. Use "
             "vigrad.Reparam() for these sites, or multi_sample_guide=False."
         )
-    latent = {n: s for n, s in guide_tr.items() if s["type"] == "sample" and not s["is_observed"]}
+    guide_sites = Sites(guide_tr)
+    latent = guide_sites.latent
     num = _num_samples(latent)
-    substituted = {n: s["value"] for n, s in latent.items()}
-    substituted.update({n: s["value"] for n, s in guide_tr.items() if s["type"] == "deterministic"})
-    plates = {n: s["value"] for n, s in guide_tr.items() if s["type"] == "plate"}
+    substituted = values(latent) | values(guide_sites.deterministic)
+    plates = values(guide_sites.plates)
     mutable = _mutable_values(guide_tr)
     model_params = {**params, **mutable}
     found: dict = {}
 
-    def score_sample(key: jax.Array, values: dict) -> dict[str, jax.Array]:
+    def score_sample(key: jax.Array, draws: dict) -> dict[str, jax.Array]:
         """Site -> the model's log density of one of the guide's samples."""
-        scored = substitute(seed(substitute(model, data=model_params), key), data=values | plates)
+        scored = substitute(seed(substitute(model, data=model_params), key), data=draws | plates)
         model_tr = trace(scored).get_trace(*args, **kwargs)
         _check_model_trace(model_tr, guide_tr, latent, assignment)
-        found["model_latents"] = tuple(
-            n for n, s in model_tr.items() if s["type"] == "sample" and not s["is_observed"]
-        )
+        model_sites = Sites(model_tr)
+        found["model_latents"] = tuple(model_sites.latent)
         return {
             n: jnp.sum(_scaled(s, log_prob(s["fn"], s["value"])))
-            for n, s in model_tr.items()
-            if s["type"] == "sample"
+            for n, s in model_sites.samples.items()
         }
 
     per_sample = jax.vmap(score_sample)(jax.random.split(key_model, num), substituted)
     log_p_sites = {n: jnp.sum(v) for n, v in per_sample.items()}
     log_q_sites = {}
-    for n, s in guide_tr.items():
-        if s["type"] != "sample":
-            continue
+    for n, s in guide_sites.samples.items():
         est = sampler.chosen.get(n)
         if n in sampler.log_q_terms:
             lq = sampler.log_q_terms[n]
@@ -122,14 +119,14 @@ def multi_sample_particle(
         score_sites=score_sites,
         enumerated={},
         measure_valued={},
-        guide_params=frozenset(n for n, s in guide_tr.items() if s["type"] == "param"),
+        guide_params=frozenset(guide_sites.params),
         guide_latents=tuple(latent),
         model_latents=found["model_latents"],
     )
     draw = ParticleDraw(
         log_p,
         log_q,
-        {n: s["value"] for n, s in latent.items()},
+        values(latent),
         score_log_q,
         {n: jax.lax.stop_gradient(log_p) for n in score_sites},
         {n: jax.lax.stop_gradient(log_q) for n in score_sites},

@@ -25,11 +25,11 @@ import jax.numpy as jnp
 import numpyro
 from numpyro.distributions.transforms import biject_to
 from numpyro.distributions.util import sum_rightmost
-from numpyro.handlers import seed, substitute, trace
+from numpyro.handlers import substitute
 
 from vigrad.errors import DataError
 from vigrad.infer.static import join_static
-from vigrad.traces import trace_program
+from vigrad.traces import Sites, trace_program
 
 Position = dict[str, jax.Array]
 
@@ -128,16 +128,15 @@ class Target:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             try:
-                tr = self._trace(u, idx, args, kwargs)
-                for site in tr.values():
-                    if site["type"] == "sample" and site["is_observed"]:
-                        site["fn"].log_prob(site["value"])
+                sites = self._trace(u, idx, args, kwargs)
+                for site in sites.observed.values():
+                    site["fn"].log_prob(site["value"])
             except (ValueError, TypeError) as err:
                 raise DataError(self._not_indexed(f"({err})")) from None
-        frame = {f.name: f for s in tr.values() for f in s.get("cond_indep_stack", [])}
+        frame = {f.name: f for s in sites.trace.values() for f in s.get("cond_indep_stack", [])}
         dim = frame[self.plate].dim
-        for site in tr.values():
-            if site["type"] == "sample" and site["is_observed"] and self.plate in _plates_of(site):
+        for site in sites.observed.values():
+            if self.plate in _plates_of(site):
                 shape = jnp.shape(site["value"])
                 event = len(site["fn"].event_shape)
                 axis = dim - event
@@ -156,8 +155,8 @@ class Target:
         """Size of the data plate when the model is run on ``args`` and ``kwargs``."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            tr = self._trace(self.zeros(), None, args, kwargs)
-        return int(tr[self.plate]["args"][0])
+            sites = self._trace(self.zeros(), None, args, kwargs)
+        return int(sites.plates[self.plate]["args"][0])
 
     def zeros(self) -> Position:
         return {n: jnp.zeros(self.shapes[n], self.dtypes[n]) for n in self.names}
@@ -168,7 +167,7 @@ class Target:
     def unconstrain(self, values: dict[str, Any]) -> Position:
         return {n: self.transforms[n].inv(jnp.asarray(values[n])) for n in self.names}
 
-    def _trace(self, position: Position, indices: jax.Array, args: tuple, kwargs: dict):
+    def _trace(self, position: Position, indices: jax.Array, args: tuple, kwargs: dict) -> Sites:
         transforms, event_dims = self.transforms, self.event_dims
 
         def unconstrain(site):
@@ -185,7 +184,7 @@ class Target:
 
         model = substitute(self.model, data={self.plate: indices})
         model = substitute(model, substitute_fn=unconstrain)
-        return trace(seed(model, 0)).get_trace(*args, **kwargs)
+        return trace_program(model, args, kwargs)
 
     def log_density(
         self, position: Position, indices: jax.Array, args: tuple, kwargs: dict
@@ -193,11 +192,9 @@ class Target:
         """``(log prior + log-Jacobian, (N/n) Σ_{i∈batch} log p(x_i|θ))`` at ``position``."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            tr = self._trace(position, indices, args, kwargs)
+            sites = self._trace(position, indices, args, kwargs)
         prior, lik = 0.0, 0.0
-        for site in tr.values():
-            if site["type"] != "sample":
-                continue
+        for site in sites.samples.values():
             lp = site["fn"].log_prob(site["value"])
             if site.get("scale") is not None:
                 lp = site["scale"] * lp
