@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tests.compiles import count_compilations
-from vigrad.infer.driver import _CHUNKS, Step, run_chunks
+from vigrad.infer.driver import _COMPILED, Step, run_chunks
 
 
 def walk() -> Step:
@@ -57,9 +57,9 @@ def test_chunking_thinning_divergence_and_one_compilation():
 
 def test_an_uncached_configuration_runs_the_same():
     consts = {"key": jax.random.key(0), "limit": jnp.asarray(1e9)}
-    before = len(_CHUNKS)
+    before = len(_COMPILED)
     result = run_chunks(None, walk, jnp.zeros(()), consts, 12, 5, progress_bar=False)
-    assert len(_CHUNKS) == before
+    assert len(_COMPILED) == before
     np.testing.assert_array_equal(result.outputs, run(12, 12).outputs)
 
 

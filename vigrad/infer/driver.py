@@ -37,7 +37,7 @@ from vigrad.infer.progress import ChunkProgress
 from vigrad.infer.sharding import host_copy
 
 CACHE_SIZE = 64
-"""Compiled chunk functions kept; the least recently used one is dropped past this."""
+"""Compiled functions kept; the least recently used one is dropped past this."""
 
 
 class Step(NamedTuple):
@@ -107,18 +107,17 @@ class RunResult:
     bad_mask: np.ndarray | None = None
 
 
-_CHUNKS: collections.OrderedDict[Hashable, Callable] = collections.OrderedDict()
+_COMPILED: collections.OrderedDict[Hashable, Any] = collections.OrderedDict()
 
 
-def compiled_chunk(config: Hashable | None, build: Callable[[], Step]) -> Callable:
-    """The jitted chunk for a static configuration, built with ``build()`` on a cache miss.
+def cached(config: Hashable, build: Callable[[], Any]) -> Any:
+    """The compiled function for a static configuration, built with ``build()`` on a cache miss.
 
-    ``config`` must determine the step completely (everything ``build`` closes over that is not an
-    array passed at run time), and is compared by ``==``: include a name for the algorithm.
-    ``None`` builds a chunk that is not cached (for a step closing over something unhashable).
+    The one compile-cache policy of vigrad's runs (chunks of ``fit`` and ``sgmcmc.sample``, the
+    initialiser of ``fit``): ``config`` must determine the function completely (everything
+    ``build`` closes over that is not an array passed at run time) and is compared by ``==``;
+    include a name for the algorithm. The :data:`CACHE_SIZE` most recently used are kept.
     """
-    if config is None:
-        return _jit_chunk(build())
     try:
         hash(config)
     except TypeError as err:
@@ -126,13 +125,23 @@ def compiled_chunk(config: Hashable | None, build: Callable[[], Step]) -> Callab
             f"the run's static configuration must be hashable to cache its compilation ({err}); "
             "pass arrays as arguments rather than closing over them"
         ) from None
-    if config in _CHUNKS:
-        _CHUNKS.move_to_end(config)
-        return _CHUNKS[config]
-    if len(_CHUNKS) >= CACHE_SIZE:
-        _CHUNKS.popitem(last=False)
-    _CHUNKS[config] = chunk = _jit_chunk(build())
-    return chunk
+    if config in _COMPILED:
+        _COMPILED.move_to_end(config)
+        return _COMPILED[config]
+    if len(_COMPILED) >= CACHE_SIZE:
+        _COMPILED.popitem(last=False)
+    _COMPILED[config] = built = build()
+    return built
+
+
+def compiled_chunk(config: Hashable | None, build: Callable[[], Step]) -> Callable:
+    """The jitted chunk for a static configuration (:func:`cached`), built with ``build()``.
+
+    ``None`` builds a chunk that is not cached (for a step closing over something unhashable).
+    """
+    if config is None:
+        return _jit_chunk(build())
+    return cached(("chunk", config), lambda: _jit_chunk(build()))
 
 
 def _jit_chunk(fns: Step) -> Callable:

@@ -24,7 +24,7 @@ from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
 from vigrad.infer.describe import array_summary, describe
-from vigrad.infer.driver import Checkpointing, Step, default_chunk_size, run_chunks
+from vigrad.infer.driver import Checkpointing, Step, cached, default_chunk_size, run_chunks
 from vigrad.infer.sharding import (
     DATA,
     axis_size,
@@ -103,16 +103,18 @@ def init_params(
     call builds its prototype from concrete values, so that one call runs eagerly.
     """
     dynamic, static_key = split_static(args, kwargs)
-    init, compiled_init, cons = _initialiser(model, guide, static_key, multi_sample)
+    init, compiled_init, cons = cached(
+        ("vigrad.fit.init", model, guide, static_key, multi_sample),
+        lambda: _initialiser(model, guide, static_key, multi_sample),
+    )
     builds_prototype = getattr(guide, "prototype_trace", False) is None
     params = (init if builds_prototype else compiled_init)(rng_key, dynamic)
     return params, dict(cons)
 
 
-@functools.lru_cache(maxsize=64)
 def _initialiser(model: Callable, guide: Callable, static_key: tuple, multi_sample: bool) -> tuple:
-    """The function computing initial params, cached so that a second fit reuses its compilation,
-    and the constraints it records each time it is traced."""
+    """The function computing initial params, eagerly and compiled (cached by the caller, so that
+    a second fit reuses its compilation), and the constraints it records each time it is traced."""
     cons = {}
 
     def init(key, dynamic):
