@@ -1,8 +1,9 @@
-"""Fits across devices (data- and particle-parallel), streamed data, checkpoints across device
-counts, and a two-process ``jax.distributed`` fit.
+"""Fits and SG-MCMC runs across devices (data- and particle-parallel fits, federated clients and
+chains), streamed data, checkpoints across device counts, and a two-process ``jax.distributed`` fit.
 
 Several devices are simulated on the CPU (``--xla_force_host_platform_device_count``) in a
-subprocess, since the device count is fixed when JAX starts.
+subprocess, since the device count is fixed when JAX starts. One subprocess runs every four-device
+check (each part reports on its own), so JAX starts once for all of them.
 """
 
 import os
@@ -50,8 +51,11 @@ COMMON = textwrap.dedent(
         s = numpyro.param("s", 1.0, constraint=dist.constraints.positive)
         numpyro.sample("mu", dist.Normal(m, s))
 
+    # One optimiser for every fit: fits of the same model, objective and mesh share a compilation.
+    ADAM = optax.adam(0.05)
+
     def fit(model, objective, num_steps, *args, **kw):
-        return vigrad.fit(model, guide, objective, optax.adam(0.05), num_steps, jax.random.key(1),
+        return vigrad.fit(model, guide, objective, ADAM, num_steps, jax.random.key(1),
                           *args, progress_bar=False, chunk_size=10, **kw)
 
     def chains(**kw):
@@ -68,15 +72,16 @@ COMMON = textwrap.dedent(
     """
 )
 
-SHARDED = COMMON + textwrap.dedent(
+SHARDED_FITS = textwrap.dedent(
     """
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jax.sharding import Mesh
     from vigrad.infer.sharding import particles_over
     from vigrad.objectives.particle_axis import constrain_particles
     assert jax.device_count() == 4
     grid = Mesh(np.array(jax.devices()).reshape(2, 2), ("data", "particles"))
+    elbo = vigrad.ELBO(4)
     cases = [
-        ("ELBO, path gradient, full data", model, vigrad.ELBO(4), dict(devices=4)),
+        ("ELBO, path gradient, full data", model, elbo, dict(devices=4)),
         ("IWELBO, subsampled plate", subsampled, vigrad.IWELBO(8), dict(mesh=grid)),
         ("IWELBO, particles only", model, vigrad.IWELBO(8),
          dict(mesh=Mesh(np.array(jax.devices()).reshape(1, 4), ("data", "particles")))),
@@ -106,11 +111,63 @@ SHARDED = COMMON + textwrap.dedent(
 
     # A checkpoint written on 4 devices resumes on 2; the result equals an uninterrupted run.
     path = sys.argv[1]
-    fit(model, vigrad.ELBO(4), 20, X, devices=4, checkpoint_path=path)
-    resumed = fit(model, vigrad.ELBO(4), 40, X, devices=2, checkpoint_path=path, resume="extend")
-    same(fit(model, vigrad.ELBO(4), 40, X), resumed, "resumed on 2 devices")
+    fit(model, elbo, 20, X, devices=4, checkpoint_path=path)
+    resumed = fit(model, elbo, 40, X, devices=2, checkpoint_path=path, resume="extend")
+    same(fit(model, elbo, 40, X), resumed, "resumed on 2 devices")
     assert len(resumed.params["m"].sharding.device_set) == 2
-    print("OK")
+    """
+)
+
+SHARDED_SGMCMC = textwrap.dedent(
+    """
+    import vigrad.sgmcmc as sg
+    from vigrad.errors import DataError
+
+    assert jax.device_count() == 4
+
+    def model(x):
+        mu = numpyro.sample("mu", dist.Normal(jnp.zeros(1), 3.0).to_event(1))
+        with numpyro.plate("data", x.shape[0]):
+            numpyro.sample("obs", dist.Normal(mu, 1.0).to_event(1), obs=numpyro.subsample(x, 1))
+
+    centres = jnp.array([-3.0, -1.0, 1.0, 3.0])
+    x = (centres[:, None] + jax.random.normal(jax.random.PRNGKey(8), (4, 50))).reshape(-1, 1)
+    labels = jnp.repeat(jnp.arange(4), 50)
+    key, kw = jax.random.PRNGKey(9), dict(num_warmup=10, progress_bar=False)
+
+    # Clients on devices (shard_map), and chains on devices: the same draws as on one device.
+    kernel = sg.FSGLD(2e-4, shards=labels, local_steps=10)
+    one = sg.sample(model, kernel, 60, 20, 4, key, x, **kw)
+    clients = sg.FSGLD(2e-4, shards=labels, local_steps=10, devices=4)
+    four = sg.sample(model, clients, 60, 20, 4, key, x, **kw)
+    np.testing.assert_allclose(four.samples["mu"], one.samples["mu"], atol=1e-10)
+    assert four.aux.clients[0].sharding.spec == jax.sharding.PartitionSpec("clients")
+    chains = sg.sample(model, kernel, 60, 20, 4, key, x, devices=4, **kw)
+    np.testing.assert_allclose(chains.samples["mu"], one.samples["mu"], atol=1e-10)
+    assert len(chains.state.position["mu"].sharding.device_set) == 4
+
+    # Three shards do not spread over four devices.
+    try:
+        sg.sample(model, sg.DSGLD(1e-4, shards=3, devices=4), 10, 5, 1, key, x, **kw)
+    except DataError as err:
+        assert "cannot be spread evenly" in str(err)
+    else:
+        raise AssertionError("no error for 3 shards on 4 devices")
+    """
+)
+
+# Each part runs in its own namespace (a copy of COMMON's) and prints PASSED or its traceback, so
+# that a failing part does not hide the others' results.
+FOUR_DEVICES = COMMON + textwrap.dedent(
+    f"""
+    import traceback
+    common = dict(globals())
+    for name, part in {{"fits": {SHARDED_FITS!r}, "sgmcmc": {SHARDED_SGMCMC!r}}}.items():
+        try:
+            exec(part, dict(common))
+            print("PASSED", name, flush=True)
+        except Exception:
+            print("FAILED", name, traceback.format_exc(), flush=True)
     """
 )
 
@@ -126,10 +183,19 @@ def run_script(script, *argv, env=None, timeout=600):
     )
 
 
-def test_fits_over_four_devices_equal_one_device(tmp_path):
-    out = run_script(SHARDED, tmp_path / "ckpt.npz")
+@pytest.fixture(scope="module")
+def four_devices(tmp_path_factory):
+    out = run_script(FOUR_DEVICES, tmp_path_factory.mktemp("four") / "ckpt.npz")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().endswith("OK")
+    return out.stdout
+
+
+def test_fits_over_four_devices_equal_one_device(four_devices):
+    assert "PASSED fits" in four_devices, four_devices[-3000:]
+
+
+def test_sharded_clients_and_chains_equal_one_device(four_devices):
+    assert "PASSED sgmcmc" in four_devices, four_devices[-3000:]
 
 
 X = jnp.array([0.5, 1.2, -0.3, 2.0, 0.9, 1.4])

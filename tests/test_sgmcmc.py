@@ -1,9 +1,7 @@
-"""SG-MCMC kernels and driver on models with closed-form posteriors."""
+"""SG-MCMC kernels and driver on models with closed-form posteriors (their runs across devices are
+in test_scaling.py)."""
 
 import os
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -346,59 +344,6 @@ def test_divergent_chain_is_reported(data):
 def test_not_a_kernel(data):
     with pytest.raises(TypeError, match="vigrad.sgmcmc kernel"):
         sg.sample(gaussian_mean, object(), 10, 5, 1, jax.random.PRNGKey(0), data)
-
-
-SHARDED = textwrap.dedent(
-    """
-    import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-    import jax, jax.numpy as jnp, numpy as np, numpyro, numpyro.distributions as dist
-    jax.config.update("jax_enable_x64", True)
-    import vigrad.sgmcmc as sg
-    from vigrad.errors import DataError
-
-    assert jax.device_count() == 4
-
-    def model(x):
-        mu = numpyro.sample("mu", dist.Normal(jnp.zeros(1), 3.0).to_event(1))
-        with numpyro.plate("data", x.shape[0]):
-            numpyro.sample("obs", dist.Normal(mu, 1.0).to_event(1), obs=numpyro.subsample(x, 1))
-
-    centres = jnp.array([-3.0, -1.0, 1.0, 3.0])
-    x = (centres[:, None] + jax.random.normal(jax.random.PRNGKey(8), (4, 50))).reshape(-1, 1)
-    labels = jnp.repeat(jnp.arange(4), 50)
-    key, kw = jax.random.PRNGKey(9), dict(num_warmup=10, progress_bar=False)
-
-    # Clients on devices (shard_map), and chains on devices: the same draws as on one device.
-    kernel = sg.FSGLD(2e-4, shards=labels, local_steps=10)
-    one = sg.sample(model, kernel, 60, 20, 4, key, x, **kw)
-    clients = sg.FSGLD(2e-4, shards=labels, local_steps=10, devices=4)
-    four = sg.sample(model, clients, 60, 20, 4, key, x, **kw)
-    np.testing.assert_allclose(four.samples["mu"], one.samples["mu"], atol=1e-10)
-    assert four.aux.clients[0].sharding.spec == jax.sharding.PartitionSpec("clients")
-    chains = sg.sample(model, kernel, 60, 20, 4, key, x, devices=4, **kw)
-    np.testing.assert_allclose(chains.samples["mu"], one.samples["mu"], atol=1e-10)
-    assert len(chains.state.position["mu"].sharding.device_set) == 4
-
-    # Three shards do not spread over four devices.
-    try:
-        sg.sample(model, sg.DSGLD(1e-4, shards=3, devices=4), 10, 5, 1, key, x, **kw)
-    except DataError as err:
-        assert "cannot be spread evenly" in str(err)
-    else:
-        raise AssertionError("no error for 3 shards on 4 devices")
-    print("OK")
-    """
-)
-
-
-def test_sharded_clients_and_chains_in_subprocess():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    out = subprocess.run(
-        [sys.executable, "-c", SHARDED], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().endswith("OK")
 
 
 def linear_regression(x, y):
