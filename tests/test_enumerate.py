@@ -8,7 +8,7 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 import pytest
-from test_estimators_unbiased import CASES, M
+from test_estimators_unbiased import CASES, M, case_params, exact_gradient
 from unbiased import THRESHOLD, gradient_samples, max_abs_z, tree_allclose
 
 import vigrad
@@ -16,13 +16,11 @@ from vigrad.errors import EstimatorError
 
 
 def gradients(case, estimators, num_particles=1, seed=0, num_samples=M):
-    model, guide, args, params, exact_fn = CASES[case]
-    params = {k: jnp.asarray(v, jnp.float64) for k, v in params.items()}
+    model, guide, args, _, _ = CASES[case]
     loss = vigrad.ELBO(num_particles=num_particles, estimators=estimators)
     fn = lambda key, p: loss.loss(key, p, model, guide, *args)
-    return gradient_samples(fn, params, jax.random.key(seed), num_samples), jax.grad(exact_fn)(
-        params
-    )
+    grads = gradient_samples(fn, case_params(case), jax.random.key(seed), num_samples)
+    return grads, exact_gradient(case)
 
 
 def test_enumerating_every_discrete_site_gives_the_exact_gradient():
