@@ -1,7 +1,8 @@
 """Diagnostics: PSIS k-hat, InferenceData, gradient statistics and estimator selection.
 
-The conjugate Gaussian model (z ~ N(0, 1), x_i ~ N(z, 1)) has a Gaussian posterior, a closed-form
-ELBO and evidence, so the log weights, the gradient mean and the k-hat of an exact guide are known.
+The conjugate Gaussian model of tests/models.py (mu ~ N(0, 1), x_i ~ N(mu, 1)) has a Gaussian
+posterior, a closed-form ELBO and evidence, so the log weights, the gradient mean and the k-hat of
+an exact guide are known.
 """
 
 import dataclasses
@@ -19,6 +20,9 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.infer.autoguide import AutoDiagonalNormal
 
 import vigrad
+from tests.models import conjugate_guide as guide
+from tests.models import conjugate_model as model
+from tests.models import conjugate_posterior
 from vigrad.diagnostics import (
     compare_estimators,
     gradient_variance,
@@ -37,19 +41,7 @@ jax.config.update("jax_enable_x64", True)
 
 X = jnp.array([0.5, 1.0, 1.5])
 N = X.shape[0]
-POST = {"loc": jnp.sum(X) / (N + 1), "scale": jnp.sqrt(1.0 / (N + 1))}
-
-
-def model(x):
-    z = numpyro.sample("z", dist.Normal(0.0, 1.0))
-    with numpyro.plate("n", x.shape[0]):
-        numpyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
-
-def guide(x):
-    loc = numpyro.param("loc", 0.0)
-    scale = numpyro.param("scale", 1.0, constraint=constraints.positive)
-    numpyro.sample("z", dist.Normal(loc, scale))
+POST = conjugate_posterior(X)
 
 
 def exact_elbo(loc, scale, x=X):
@@ -65,9 +57,9 @@ def exact_loss_grad(params):
     to_pos = biject_to(constraints.positive)
 
     def neg(u):
-        return -exact_elbo(u["loc"], to_pos(u["scale"]))
+        return -exact_elbo(u["m"], to_pos(u["s"]))
 
-    u = {"loc": jnp.asarray(params["loc"]), "scale": to_pos.inv(params["scale"])}
+    u = {"m": jnp.asarray(params["m"]), "s": to_pos.inv(params["s"])}
     return jax.grad(neg)(u)
 
 
@@ -90,7 +82,7 @@ def z_scores(stats, exact):
 
 @dataclasses.dataclass(frozen=True)
 class StoppedLogQ(vigrad.Estimator):
-    """Negative control: stops the whole log q term, dropping its dependence on z (biased)."""
+    """Negative control: stops the whole log q term, dropping its dependence on mu (biased)."""
 
     def sample(self, fn, rng_key, sample_shape):
         return fn.rsample(rng_key, sample_shape)
@@ -105,7 +97,7 @@ class StoppedLogQ(vigrad.Estimator):
 def test_log_weights_of_the_exact_guide_are_the_log_evidence():
     draws = draw_with_weights(model, guide, POST, X, num_samples=200, rng_key=jax.random.key(1))
     np.testing.assert_allclose(draws.log_weights, log_evidence(), rtol=0, atol=1e-10)
-    assert draws.values["z"].shape == (200,)
+    assert draws.values["mu"].shape == (200,)
     np.testing.assert_allclose(draws.observed["x"], X)
     assert psis_khat(draws.log_weights) < 0.5
     assert all(k < 0.5 for k in site_khats(draws).values())
@@ -113,14 +105,14 @@ def test_log_weights_of_the_exact_guide_are_the_log_evidence():
 
 def test_khat_small_for_a_close_guide_and_large_for_a_narrow_one():
     key = jax.random.key(0)
-    close = {"loc": POST["loc"] + 0.05, "scale": POST["scale"] * 1.1}
+    close = {"m": POST["m"] + 0.05, "s": POST["s"] * 1.1}
     # Two posterior sds off and five times too narrow: the weights' tail is far too heavy.
-    narrow = {"loc": POST["loc"] + 1.0, "scale": POST["scale"] * 0.2}
+    narrow = {"m": POST["m"] + 1.0, "s": POST["s"] * 0.2}
     good = draw_with_weights(model, guide, close, X, num_samples=2000, rng_key=key)
     bad = draw_with_weights(model, guide, narrow, X, num_samples=2000, rng_key=key)
     assert psis_khat(good.log_weights) < 0.5
     assert psis_khat(bad.log_weights) > 0.7
-    assert site_khats(bad)["z"] > 0.7
+    assert site_khats(bad)["mu"] > 0.7
     assert khat_message(psis_khat(bad.log_weights)).startswith("bad")
 
 
@@ -162,20 +154,20 @@ def test_inference_data_round_trip_to_netcdf(fitted, tmp_path):
         fitted, model=model, guide=guide, args=(X,), num_samples=300, rng_key=jax.random.key(4)
     )
     assert set(idata.groups()) >= {"posterior", "sample_stats", "observed_data", "loss"}
-    z = idata.posterior["z"].values
+    z = idata.posterior["mu"].values
     assert z.shape == (4, 75)  # independent draws as four pseudo-chains
     # The draws come from the fitted guide.
-    loc, scale = float(fitted.params["loc"]), float(fitted.params["scale"])
+    loc, scale = float(fitted.params["m"]), float(fitted.params["s"])
     assert abs(z.mean() - loc) < 5 * scale / np.sqrt(300)
     attrs = idata.posterior.attrs
     assert attrs["psis_khat"] == psis_khat(idata.sample_stats["log_weight"].values.reshape(-1))
     assert attrs["psis_khat_message"] == khat_message(attrs["psis_khat"])
-    assert "psis_khat_site_z" in attrs and attrs["num_steps"] == 200
+    assert "psis_khat_site_mu" in attrs and attrs["num_steps"] == 200
 
     path = tmp_path / "fit.nc"
     idata.to_netcdf(str(path))
     back = az.from_netcdf(str(path))
-    np.testing.assert_array_equal(back.posterior["z"].values, z)
+    np.testing.assert_array_equal(back.posterior["mu"].values, z)
     np.testing.assert_array_equal(back.loss["loss"].values, fitted.losses)
     np.testing.assert_array_equal(
         back.sample_stats["log_weight"].values, idata.sample_stats["log_weight"].values
@@ -230,7 +222,7 @@ def test_inference_data_with_an_autoguide():
 
 # -- Gradient statistics -------------------------------------------------------------------------
 
-OFF = {"loc": jnp.asarray(0.2), "scale": jnp.asarray(0.8)}
+OFF = {"m": jnp.asarray(0.2), "s": jnp.asarray(0.8)}
 
 
 @pytest.mark.parametrize(
@@ -247,14 +239,14 @@ def test_gradient_mean_matches_the_exact_gradient(estimator, unbiased):
         model,
         guide,
         OFF,
-        {"z": estimator},
+        {"mu": estimator},
         X,
         num_samples=3000,
         rng_key=jax.random.key(5),
     )
     z = z_scores(stats, exact_loss_grad(OFF))
     assert (np.max(np.abs(z)) < 4.5) == unbiased, z
-    assert stats.seconds > 0 and set(stats.snr) == {"loc", "scale"}
+    assert stats.seconds > 0 and set(stats.snr) == {"m", "s"}
 
 
 @pytest.fixture(scope="module")
@@ -265,18 +257,18 @@ def selection():
 
 
 def test_variance_ordering_at_the_posterior(selection):
-    rows = {r.name: r for r in selection.comparison.for_site("z")}
+    rows = {r.name: r for r in selection.comparison.for_site("mu")}
     assert set(rows) == {"Reparam", "PathGradient", "Score", "Score(MovingAverage)"}
     assert all(r.usable for r in rows.values())
     assert rows["PathGradient"].variance < 1e-20
     assert rows["PathGradient"].variance < rows["Reparam"].variance < rows["Score"].variance
-    assert rows["Reparam"].parameters == ("loc", "scale")
+    assert rows["Reparam"].parameters == ("m", "s")
 
 
 def test_select_picks_path_gradient_at_the_posterior(selection, tmp_path):
     estimators, report = selection
-    assert estimators == {"z": vigrad.PathGradient()}
-    assert report.splitlines()[1].startswith("z: PathGradient")
+    assert estimators == {"mu": vigrad.PathGradient()}
+    assert report.splitlines()[1].startswith("mu: PathGradient")
     table = str(selection.comparison)
     line = next(ln for ln in table.splitlines() if "PathGradient" in ln)
     assert line.endswith("*")
@@ -342,12 +334,12 @@ def test_a_failing_candidate_is_reported_not_chosen():
         guide,
         OFF,
         X,
-        candidates={"z": [Broken(), vigrad.Reparam()]},
+        candidates={"mu": [Broken(), vigrad.Reparam()]},
         num_samples=50,
         timing_rounds=0,
     )
-    assert selection.estimators == {"z": vigrad.Reparam()}
-    broken = selection.comparison.for_site("z")[0]
+    assert selection.estimators == {"mu": vigrad.Reparam()}
+    broken = selection.comparison.for_site("mu")[0]
     assert broken.failed and not broken.usable and "sampler exploded" in broken.reason
     assert "error: RuntimeError: sampler exploded" in str(selection.comparison)
 
@@ -379,16 +371,16 @@ def test_gradient_in_constrained_parameters():
         model,
         guide,
         OFF,
-        {"z": vigrad.Reparam()},
+        {"mu": vigrad.Reparam()},
         X,
         num_samples=2000,
         rng_key=jax.random.key(9),
         unconstrained=False,
     )
-    exact = jax.grad(lambda p: -exact_elbo(p["loc"], p["scale"]))(OFF)
+    exact = jax.grad(lambda p: -exact_elbo(p["m"], p["s"]))(OFF)
     assert np.max(np.abs(z_scores(stats, exact))) < 4.5
     # d/d scale differs from d/d log(scale) by the factor scale: the two are not confused.
-    assert abs(float(exact["scale"]) - float(exact_loss_grad(OFF)["scale"])) > 0.1
+    assert abs(float(exact["s"]) - float(exact_loss_grad(OFF)["s"])) > 0.1
 
 
 def test_an_objective_instance_keeps_its_settings():
@@ -410,7 +402,7 @@ def test_every_default_candidate_is_unbiased_at_scale(num_particles):
             model,
             guide,
             OFF,
-            {"z": estimator},
+            {"mu": estimator},
             X,
             num_particles=num_particles,
             num_samples=20000,
@@ -421,16 +413,16 @@ def test_every_default_candidate_is_unbiased_at_scale(num_particles):
 
 
 def fixed_guide(x):
-    loc = numpyro.param("loc", 0.0)
-    scale = numpyro.param("scale", 1.0, constraint=constraints.positive)
-    numpyro.sample("z", dist.Normal(loc, scale), infer={"estimator": vigrad.Score()})
+    m = numpyro.param("m", 0.0)
+    s = numpyro.param("s", 1.0, constraint=constraints.positive)
+    numpyro.sample("mu", dist.Normal(m, s), infer={"estimator": vigrad.Score()})
 
 
 def test_an_estimator_set_in_the_guide_is_the_only_one_measured():
     comparison = compare_estimators(model, fixed_guide, OFF, X, num_samples=50, timing_rounds=0)
     (row,) = comparison.rows
     assert row.name == "Score (set in guide)" and row.usable and row.variance > 0
-    assert comparison.select().estimators == {"z": vigrad.Score()}
+    assert comparison.select().estimators == {"mu": vigrad.Score()}
 
 
 def test_rws_wake_score_is_measured_as_it_draws():
@@ -444,10 +436,10 @@ def test_rws_wake_score_is_measured_as_it_draws():
     (row,) = comparison.rows
     assert row.name == "Score (set by RWS)" and row.usable
     with pytest.raises(vigrad.EstimatorError, match=r"RWS: .*draws every guide site as Score"):
-        gradient_variance(model, guide, OFF, {"z": vigrad.Reparam()}, X, objective=rws)
+        gradient_variance(model, guide, OFF, {"mu": vigrad.Reparam()}, X, objective=rws)
 
 
 def test_candidates_are_keyword_only_in_compare_and_select():
     for compare_or_select in (compare_estimators, select_estimators):
         with pytest.raises(TypeError, match=r"candidates is keyword-only.*candidates=\{"):
-            compare_or_select(model, guide, OFF, {"z": [vigrad.Reparam()]}, X)
+            compare_or_select(model, guide, OFF, {"mu": [vigrad.Reparam()]}, X)

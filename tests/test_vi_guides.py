@@ -38,9 +38,13 @@ def fit_idata(guide):
     )
 
 
-def test_point_mass_guide_has_no_khat():
-    idata = fit_idata(AutoDelta(conjugate_model))
-    attrs = idata.posterior.attrs
+@pytest.fixture(scope="module")
+def point_mass_idata():
+    return fit_idata(AutoDelta(conjugate_model))
+
+
+def test_point_mass_guide_has_no_khat(point_mass_idata):
+    attrs = point_mass_idata.posterior.attrs
     assert np.isnan(attrs["psis_khat"]) and attrs["guide"] == "AutoDelta"
     assert attrs["psis_khat_message"].startswith("does not apply: the guide is a point mass")
 
@@ -99,8 +103,8 @@ def test_psis_summary_corrects_a_misplaced_guide():
     assert abs(row["psis_sd"] / POST_SD - 1) < 0.5 * abs(row["sd"] / POST_SD - 1)
 
 
-def test_psis_summary_is_withheld_for_a_point_mass():
+def test_psis_summary_is_withheld_for_a_point_mass(point_mass_idata):
     from vigrad.diagnostics import psis_summary
 
-    table = psis_summary(fit_idata(AutoDelta(conjugate_model)))
+    table = psis_summary(point_mass_idata)
     assert np.isnan(table["psis_mean"]).all() and np.isfinite(table["mean"]).all()
