@@ -43,11 +43,17 @@ def _capped(fn, name, cap, position):
 
 # Pages whose blocks train several models each: run under -m slow.
 SLOW = {"diagnostics.md", "flows.md"}
+# Pages run in full, their claims and quoted outputs checked, by their own test.
+OWN_TEST = {"objectives.md": "tests/test_examples_objectives.py"}
 
 
 @pytest.mark.parametrize(
     "page",
-    [pytest.param(p, marks=pytest.mark.slow) if p.name in SLOW else p for p in PAGES if blocks(p)],
+    [
+        pytest.param(p, marks=pytest.mark.slow) if p.name in SLOW else p
+        for p in PAGES
+        if blocks(p) and p.name not in OWN_TEST
+    ],
     ids=lambda p: str(p.relative_to(ROOT)),
 )
 def test_page_blocks_run(page, monkeypatch, tmp_path):
