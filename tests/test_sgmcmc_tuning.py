@@ -138,18 +138,21 @@ def test_selected_step_size_converges(selected):
 
 
 def test_selection_at_the_grid_end_warns():
+    # A grid of the fixture's length and pilot size (so its compiled pilot is reused) that stops
+    # at 1e-4, where 400 steps barely reach the posterior: the largest step size is the best.
     model, make = MODELS["gaussian_mean"]
     sel = sg.select_step_size(
         model,
         sg.SGLD(1.0),
         32,
         jax.random.PRNGKey(0),
-        step_sizes=[1e-5, 1e-4],
-        num_steps=200,
+        step_sizes=GRID * 1e-4,
+        num_steps=400,
         num_draws=50,
         **make(),
     )
-    assert sel.step_size == 1e-4 and "largest step size tried, widen step_sizes" in sel.message
+    assert sel.step_size == GRID[-1] * 1e-4
+    assert "largest step size tried, widen step_sizes" in sel.message
 
 
 SMALL_MODEL = """
