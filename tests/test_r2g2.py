@@ -356,19 +356,25 @@ def test_dense_layer_lrt_in_the_elbo_is_unbiased():
 
 
 def test_cg_converges_within_rank_iterations():
-    key = jax.random.PRNGKey(5)
-    n, d = 12, 20
-    for rank in (1, 3, 7):
-        k1, k2, k3, key = jax.random.split(key, 4)
-        a = jax.random.normal(k1, (n, rank)) @ jax.random.normal(k2, (rank, d))
-        eps = jax.random.normal(k3, (d,))
+    n, d, ranks = 12, 20, (1, 3, 7)
+    a, eps = [], []
+    for rank, key in zip(ranks, jax.random.split(jax.random.PRNGKey(5), len(ranks)), strict=True):
+        k1, k2, k3 = jax.random.split(key, 3)
+        a.append(jax.random.normal(k1, (n, rank)) @ jax.random.normal(k2, (rank, d)))
+        eps.append(jax.random.normal(k3, (d,)))
+
+    def solve(a, eps):
         # Matrix-free: only products with A and A^T.
-        matvec = lambda beta, a=a: a @ (a.T @ beta)
-        result = conjugate_gradients(matvec, a @ eps, (0,), tol=1e-10, maxiter=n)
-        assert int(result.iterations) <= rank
-        assert float(result.residual) < 1e-10
-        projection = np.linalg.pinv(np.asarray(a)) @ np.asarray(a) @ np.asarray(eps)
-        np.testing.assert_allclose(a.T @ result.x, projection, atol=1e-8)
+        matvec = lambda beta: a @ (a.T @ beta)
+        return conjugate_gradients(matvec, a @ eps, (0,), tol=1e-10, maxiter=n)
+
+    # The three ranks in one compiled call; each keeps its own iteration count under vmap.
+    results = jax.jit(jax.vmap(solve))(jnp.stack(a), jnp.stack(eps))
+    for i, rank in enumerate(ranks):
+        assert int(results.iterations[i]) <= rank
+        assert float(results.residual[i]) < 1e-10
+        projection = np.linalg.pinv(np.asarray(a[i])) @ np.asarray(a[i]) @ np.asarray(eps[i])
+        np.testing.assert_allclose(a[i].T @ results.x[i], projection, atol=1e-8)
 
 
 def test_cg_solves_independent_systems_at_once():
@@ -429,19 +435,21 @@ def test_layers_train_with_each_estimator():
         for layer in (conv, hidden, out, plain):
             layer.guide()
 
+    # Init and the steps in one compiled call: op by op, every array shape is a compile.
     svi = numpyro.infer.SVI(model, guide, optax.adam(3e-2), vigrad.ELBO(num_particles=2))
-    state = svi.init(jax.random.PRNGKey(0), x, y)
-    update = jax.jit(svi.update)
-    losses = []
-    for _ in range(30):
-        state, loss = update(state, x, y)
-        losses.append(float(loss))
+
+    @jax.jit
+    def train(key):
+        step = lambda state, _: svi.update(state, x, y)
+        return jax.lax.scan(step, svi.init(key, x, y), length=30)[1]
+
+    losses = np.asarray(train(jax.random.PRNGKey(0)))
     assert np.all(np.isfinite(losses))
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
     # Outside vigrad the layers are plain maps: NumPyro's own ELBO runs them.
     plain_svi = numpyro.infer.SVI(model, guide, optax.adam(1e-2), numpyro.infer.Trace_ELBO())
-    plain_state = plain_svi.init(jax.random.PRNGKey(1), x, y)
-    assert np.isfinite(float(plain_svi.evaluate(plain_state, x, y)))
+    plain_loss = jax.jit(lambda key: plain_svi.evaluate(plain_svi.init(key, x, y), x, y))
+    assert np.isfinite(float(plain_loss(jax.random.PRNGKey(1))))
 
 
 # --- Errors.
