@@ -135,7 +135,7 @@ def test_fit_a_mixture_with_enumerated_assignments():
         guide,
         loss,
         optax.adam(0.05),
-        600,
+        200,
         jax.random.key(1),
         x,
         progress_bar=False,

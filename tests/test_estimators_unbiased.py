@@ -257,9 +257,12 @@ HIER_PARAMS = {"auto_loc": jnp.array([0.3, 0.1, -0.2, 0.5, 0.0]), "auto_scale": 
 
 @pytest.fixture(scope="module")
 def hier_guide():
-    """One autoguide for the module: it builds its prototype eagerly (slowly) on its first call."""
+    """One autoguide for the module: it builds its prototype on its first call."""
     guide = AutoDiagonalNormal(hier_model)
-    vigrad.ELBO().loss(jax.random.key(0), HIER_PARAMS, hier_model, guide, YH)
+    # Compiled: run op by op, the prototype's initialisation costs seconds.
+    jax.jit(lambda key: vigrad.ELBO().loss(key, HIER_PARAMS, hier_model, guide, YH))(
+        jax.random.key(0)
+    )
     return guide
 
 
