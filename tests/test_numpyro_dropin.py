@@ -161,19 +161,26 @@ PAIRS = {
 }
 
 
-def _losses(loss, guide, params, keys):
-    return jax.jit(jax.vmap(lambda k: loss.loss(k, params, gauss_model, guide, Y)))(keys)
+@pytest.fixture(scope="module")
+def losses():
+    """Every pair's (NumPyro's, vigrad's) losses: with the deterministic guide on two keys, with the
+    random guide on all of ``KEYS``. One compilation for all of them: a compilation's fixed cost
+    dominates programs this small."""
+
+    def pairs(guide, keys):
+        one = lambda k: {
+            n: [loss.loss(k, PARAMS, gauss_model, guide, Y) for loss in pair]
+            for n, pair in PAIRS.items()
+        }
+        return jax.vmap(one)(keys)
+
+    return jax.jit(lambda keys: (pairs(delta_guide, keys[:2]), pairs(gauss_guide, keys)))(KEYS)
 
 
 @pytest.mark.parametrize("name", list(PAIRS))
-def test_loss_equals_numpyros_with_a_deterministic_guide(name):
-    theirs, ours = PAIRS[name]
-    keys = KEYS[:2]
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12),
-        _losses(theirs, delta_guide, PARAMS, keys),
-        _losses(ours, delta_guide, PARAMS, keys),
-    )
+def test_loss_equals_numpyros_with_a_deterministic_guide(name, losses):
+    theirs, ours = losses[0][name]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), theirs, ours)
 
 
 def _same_mean(theirs, ours, threshold=4.5):
@@ -184,13 +191,9 @@ def _same_mean(theirs, ours, threshold=4.5):
 
 
 @pytest.mark.parametrize("name", list(PAIRS))
-def test_loss_distributed_as_numpyros_with_a_random_guide(name):
-    theirs, ours = PAIRS[name]
-    jax.tree.map(
-        _same_mean,
-        _losses(theirs, gauss_guide, PARAMS, KEYS),
-        _losses(ours, gauss_guide, PARAMS, KEYS),
-    )
+def test_loss_distributed_as_numpyros_with_a_random_guide(name, losses):
+    theirs, ours = losses[1][name]
+    jax.tree.map(_same_mean, theirs, ours)
 
 
 # --- guides that draw several samples per site ---------------------------------------------------
@@ -210,17 +213,31 @@ def mean_model(y):
         numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
 
 
-@pytest.mark.parametrize("estimator", [vigrad.Reparam(), vigrad.Score()])
-def test_multi_sample_guide_loss_and_gradient_distributed_as_numpyros(estimator):
-    theirs = numpyro.infer.Trace_ELBO(multi_sample_guide=True)
-    ours = vigrad.ELBO(multi_sample_guide=True, estimators={"mu": estimator})
+MULTI_SAMPLE = {
+    "numpyro": numpyro.infer.Trace_ELBO(multi_sample_guide=True),
+    "Reparam": vigrad.ELBO(multi_sample_guide=True, estimators={"mu": vigrad.Reparam()}),
+    "Score": vigrad.ELBO(multi_sample_guide=True, estimators={"mu": vigrad.Score()}),
+}
+
+
+@pytest.fixture(scope="module")
+def multi_sample_losses_and_grads():
+    """Loss and gradient of each of ``MULTI_SAMPLE`` on every key, in one compilation."""
     params = {"m": jnp.array(0.3), "s": jnp.array(0.8)}
 
-    def loss_and_grad(loss):
-        fn = lambda p, k: loss.loss(k, p, mean_model, sample_guide, Y)
-        return jax.jit(jax.vmap(jax.value_and_grad(fn), (None, 0)))(params, KEYS)
+    def one(key):
+        fn = lambda p, loss: loss.loss(key, p, mean_model, sample_guide, Y)
+        return {n: jax.value_and_grad(fn)(params, loss) for n, loss in MULTI_SAMPLE.items()}
 
-    jax.tree.map(_same_mean, loss_and_grad(theirs), loss_and_grad(ours))
+    return jax.jit(jax.vmap(one))(KEYS)
+
+
+@pytest.mark.parametrize("estimator", ["Reparam", "Score"])
+def test_multi_sample_guide_loss_and_gradient_distributed_as_numpyros(
+    estimator, multi_sample_losses_and_grads
+):
+    draws = multi_sample_losses_and_grads
+    jax.tree.map(_same_mean, draws["numpyro"], draws[estimator])
 
 
 def test_multi_sample_guide_fits_the_posterior_under_svi_and_fit():
