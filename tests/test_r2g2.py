@@ -13,7 +13,7 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 from jax.scipy.special import gammaln
-from unbiased import THRESHOLD, gradient_samples, max_abs_z
+from unbiased import THRESHOLD, max_abs_z
 
 import vigrad
 from vigrad.estimators.r2g2 import (
@@ -157,24 +157,35 @@ CASES = {
 }
 
 
-def estimates(case, estimator, seed=0):
+def estimates(case, *estimators, seed=0):
+    """[M, ...] gradient estimates of the case's ELBO for each estimator, from the same keys, all
+    in one compiled call (one compile is cheaper than one per estimator)."""
     model, guide, args, params, _, site = CASES[case]
-    elbo = vigrad.ELBO(estimators={site: estimator})
-    loss = lambda key, p: elbo.loss(key, p, model, guide, *args)
-    return gradient_samples(loss, params, jax.random.PRNGKey(seed), M)
+    elbos = [vigrad.ELBO(estimators={site: estimator}) for estimator in estimators]
+
+    def grads(key):
+        return [
+            jax.grad(lambda p, elbo=elbo: elbo.loss(key, p, model, guide, *args))(params)
+            for elbo in elbos
+        ]
+
+    keys = jax.random.split(jax.random.PRNGKey(seed), M)
+    return jax.jit(jax.vmap(grads))(keys)
+
+
+def exact_gradient(case):
+    _, _, _, params, neg_elbo, _ = CASES[case]
+    return jax.jit(jax.grad(neg_elbo))(params)
 
 
 @pytest.fixture(scope="module")
 def dense_samples():
-    return {
-        "r2g2": estimates("dense", R2G2()),
-        "rt": estimates("dense", vigrad.Reparam()),
-        "truncated": estimates("dense", R2G2(maxiter=1)),
-    }
+    r2g2, rt, truncated = estimates("dense", R2G2(), vigrad.Reparam(), R2G2(maxiter=1))
+    return {"r2g2": r2g2, "rt": rt, "truncated": truncated}
 
 
 def test_r2g2_dense_unbiased_with_negative_control(dense_samples):
-    exact = jax.grad(weight_neg_elbo)(W_PARAMS)
+    exact = exact_gradient("dense")
     assert max_abs_z(dense_samples["r2g2"], exact) < THRESHOLD
     assert max_abs_z(dense_samples["rt"], exact) < THRESHOLD
     # Negative control: one CG iteration does not reach the projection (rank 2), and the same
@@ -201,15 +212,17 @@ def test_r2g2_lowers_variance_of_the_scale_gradient(dense_samples):
     ids=["latent", "conv", "conv-per-example", "dense-per-example"],
 )
 def test_r2g2_unbiased_latent_conv_per_example(case, estimator, negative):
-    _, _, _, params, neg_elbo, _ = CASES[case]
-    exact = jax.grad(neg_elbo)(params)
-    assert max_abs_z(estimates(case, estimator, seed=1), exact) < THRESHOLD
-    if negative is not None:
+    exact = exact_gradient(case)
+    if negative is None:
+        (samples,) = estimates(case, estimator, seed=1)
+    else:
+        samples, negative_samples = estimates(case, estimator, negative, seed=1)
         # One CG iteration is short of the rank (or, for the per-example convolution's direct
         # solve, one ridge-regularised solve with a ridge as large as the trace shrinks eps*),
         # and the same test must reject it. (Per example, a dense layer's systems have rank one
         # and a closed form.)
-        assert max_abs_z(estimates(case, negative, seed=1), exact) > 2 * THRESHOLD
+        assert max_abs_z(negative_samples, exact) > 2 * THRESHOLD
+    assert max_abs_z(samples, exact) < THRESHOLD
 
 
 # --- Equality with the local reparameterisation trick.
@@ -241,13 +254,19 @@ def test_equals_local_reparameterisation_per_example():
     def lrt_loss(loc, scale, x):
         return loss(local_reparam_linear(x, loc, scale, noise=xi))
 
-    assert np.allclose(r2g2_loss(loc, scale, x), lrt_loss(loc, scale, x), rtol=1e-12)
-    g_r2g2 = jax.jit(jax.grad(r2g2_loss, argnums=(0, 1, 2)))(loc, scale, x)
-    g_lrt = jax.jit(jax.grad(lrt_loss, argnums=(0, 1, 2)))(loc, scale, x)
+    rt_loss = lambda s: loss(jnp.einsum("bi,bij->bj", x, loc + s * eps))
+
+    # Every value and gradient in one compiled call: op by op, each is a compile of its own.
+    @jax.jit
+    def compare(loc, scale, x):
+        grad = lambda f: jax.value_and_grad(f, argnums=(0, 1, 2))(loc, scale, x)
+        return grad(r2g2_loss), grad(lrt_loss), jax.grad(rt_loss)(scale)
+
+    (v_r2g2, g_r2g2), (v_lrt, g_lrt), rt = compare(loc, scale, x)
+    assert np.allclose(v_r2g2, v_lrt, rtol=1e-12)
     for a, c in zip(g_r2g2, g_lrt, strict=True):
         np.testing.assert_allclose(a, c, rtol=1e-10, atol=1e-12)
     # And it is not plain reparameterisation.
-    rt = jax.grad(lambda s: loss(jnp.einsum("bi,bij->bj", x, loc + s * eps)))(scale)
     assert not np.allclose(rt, g_r2g2[1], rtol=1e-3)
 
 
@@ -260,9 +279,13 @@ def test_local_reparameterisation_gradient_at_a_zero_input_row():
     def loss(loc, scale, x):
         return jnp.sum(jnp.sin(local_reparam_linear(x, loc, scale, noise=xi[: x.shape[0]])))
 
-    grads = jax.grad(loss, argnums=(0, 1, 2))(W_PARAMS["loc"], W_PARAMS["scale"], x)
+    @jax.jit
+    def gradients(loc, scale, x):
+        all_rows = jax.grad(loss, argnums=(0, 1, 2))(loc, scale, x)
+        return all_rows, jax.grad(loss, argnums=1)(loc, scale, x[:1])
+
+    grads, only_first = gradients(W_PARAMS["loc"], W_PARAMS["scale"], x)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
-    only_first = jax.grad(loss, argnums=1)(W_PARAMS["loc"], W_PARAMS["scale"], x[:1])
     np.testing.assert_allclose(grads[1], only_first, atol=1e-14)
 
 
@@ -284,13 +307,18 @@ def _pinv_projection(rows, scale, noise):
 def test_direct_projection_equals_pseudo_inverse(positions, size, deficient):
     """Rank-deficient systems on both sides (a zero row, repeated rows, a zero column), and the
     full-column-rank shortcut (eps* = eps)."""
-    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(9), 3)
-    rows = jax.random.normal(k1, (3, positions, size))
-    if deficient:
-        rows = rows.at[0, 0].set(0.0).at[1, 1].set(rows[1, 0]).at[2, :, 1].set(0.0)
-    scale = jnp.exp(jax.random.normal(k2, (size, 2)))
-    noise = jax.random.normal(k3, (3, size, 2))
-    eps_star = direct_projected_noise(rows, scale, noise)
+
+    @jax.jit
+    def systems_and_projection():
+        k1, k2, k3 = jax.random.split(jax.random.PRNGKey(9), 3)
+        rows = jax.random.normal(k1, (3, positions, size))
+        if deficient:
+            rows = rows.at[0, 0].set(0.0).at[1, 1].set(rows[1, 0]).at[2, :, 1].set(0.0)
+        scale = jnp.exp(jax.random.normal(k2, (size, 2)))
+        noise = jax.random.normal(k3, (3, size, 2))
+        return rows, scale, noise, direct_projected_noise(rows, scale, noise)
+
+    rows, scale, noise, eps_star = systems_and_projection()
     np.testing.assert_allclose(eps_star, _pinv_projection(rows, scale, noise), atol=1e-10)
 
 
@@ -313,7 +341,7 @@ def test_per_example_conv_equals_per_example_kernels():
             xb[None], kb, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
         )[0]
     )
-    rows = _patches(x, (3, 2), strides, padding).reshape(3, -1, 12)
+    rows = jax.jit(lambda x: _patches(x, (3, 2), strides, padding).reshape(3, -1, 12))(x)
     eps_star = _pinv_projection(rows, scale.reshape(12, 3), noise.reshape(3, 12, 3))
     eps_star = jnp.asarray(eps_star).reshape(3, *shape)
     g_out = jax.random.normal(k5, (3, 3, 4, 3))
@@ -335,12 +363,18 @@ def test_per_example_conv_equals_per_example_kernels():
     def reference(loc, scale, x):
         return jnp.sum(g_out * jnp.tanh(conv(x, loc + scale * eps_star)))
 
-    value = _per_example_conv2d(x, parts, strides, padding, R2G2(per_example=True))
-    np.testing.assert_allclose(value, conv(x, loc + scale * noise), atol=1e-12)
-    got = jax.jit(jax.grad(layer, argnums=(0, 1, 2)))(loc, scale, x)
+    # Every value and gradient in one compiled call: op by op, each is a compile of its own.
+    @jax.jit
+    def compare(loc, scale, x):
+        value = _per_example_conv2d(x, parts, strides, padding, R2G2(per_example=True))
+        values = (value, conv(x, loc + scale * noise), conv(x, loc + scale * eps_star))
+        grad = lambda f: jax.grad(f, argnums=(0, 1, 2))(loc, scale, x)
+        return values, grad(layer), grad(reference)
+
+    (value, drawn, projected), got, want = compare(loc, scale, x)
+    np.testing.assert_allclose(value, drawn, atol=1e-12)
     # At the same value: the reference's forward uses eps*, whose outputs equal the draw's.
-    np.testing.assert_allclose(conv(x, loc + scale * eps_star), value, atol=1e-10)
-    want = jax.jit(jax.grad(reference, argnums=(0, 1, 2)))(loc, scale, x)
+    np.testing.assert_allclose(projected, value, atol=1e-10)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-10)
 
@@ -348,8 +382,9 @@ def test_per_example_conv_equals_per_example_kernels():
 def test_dense_layer_lrt_in_the_elbo_is_unbiased():
     """LocalReparam through vigrad.nn.linear: per-row pre-activation sampling keeps the ELBO
     gradient unbiased (same closed form as above, rows independent)."""
-    exact = jax.grad(weight_neg_elbo)(W_PARAMS)
-    assert max_abs_z(estimates("dense", LocalReparam(), seed=2), exact) < THRESHOLD
+    exact = exact_gradient("dense")
+    (samples,) = estimates("dense", LocalReparam(), seed=2)
+    assert max_abs_z(samples, exact) < THRESHOLD
 
 
 # --- Conjugate gradients.
@@ -383,10 +418,13 @@ def test_cg_solves_independent_systems_at_once():
     x = jax.random.normal(k1, (3, 6))
     scale = jnp.exp(jax.random.normal(k2, (6, 4)))
     noise = jax.random.normal(k3, (6, 4))
-    eps_star, result = projected_noise(lambda u: x @ u, scale, noise, (0,))
+    eps_star, result = jax.jit(lambda x, s, e: projected_noise(lambda u: x @ u, s, e, (0,)))(
+        x, scale, noise
+    )
     assert int(result.iterations) <= 3
+    x, scale = np.asarray(x), np.asarray(scale)
     for j in range(4):
-        a = np.asarray(x * scale[:, j])
+        a = x * scale[:, j]
         expected = np.linalg.pinv(a) @ a @ np.asarray(noise[:, j])
         np.testing.assert_allclose(eps_star[:, j], expected, atol=1e-8)
 
@@ -401,13 +439,18 @@ def test_gradients_do_not_flow_through_cg():
     def f(loc, scale, x):
         return jnp.sum(g_out * r2g2_map(jnp.matmul, x, GaussianNoise(loc, scale, noise), (0,)))
 
-    g_loc, g_scale, g_x = jax.grad(f, argnums=(0, 1, 2))(loc, scale, x)
-    eps_star, _ = projected_noise(lambda u: x @ u, scale, noise, (0,))
+    @jax.jit
+    def grads_projection_and_value(loc, scale, x):
+        eps_star, _ = projected_noise(lambda u: x @ u, scale, noise, (0,))
+        value = r2g2_map(jnp.matmul, x, GaussianNoise(loc, scale, noise), (0,))
+        return jax.grad(f, argnums=(0, 1, 2))(loc, scale, x), eps_star, value
+
+    (g_loc, g_scale, g_x), eps_star, value = grads_projection_and_value(loc, scale, x)
+    x, loc, scale, noise, g_out, eps_star = map(np.asarray, (x, loc, scale, noise, g_out, eps_star))
     np.testing.assert_allclose(g_loc, x.T @ g_out, atol=1e-12)
     np.testing.assert_allclose(g_scale, (x.T @ g_out) * eps_star, atol=1e-12)
     np.testing.assert_allclose(g_x, g_out @ (loc + scale * eps_star).T, atol=1e-12)
     # The forward value is the plain map's.
-    value = r2g2_map(jnp.matmul, x, GaussianNoise(loc, scale, noise), (0,))
     np.testing.assert_allclose(value, x @ (loc + scale * noise), atol=1e-12)
 
 
