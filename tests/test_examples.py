@@ -21,10 +21,9 @@ def run_example(name: str, *argv: str) -> None:
 
 
 def test_mixture_example_runs(tmp_path, capsys):
-    run_example(
-        "mixture_estimators.py", "--steps", "10", "--runs", "enumerate", "--out", str(tmp_path)
-    )
-    assert "Enumerate()" in capsys.readouterr().out
+    # The run that compiles fastest; its final ELBO is still estimated with Enumerate.
+    run_example("mixture_estimators.py", "--steps", "10", "--runs", "score", "--out", str(tmp_path))
+    assert "Score(), K=1" in capsys.readouterr().out
     assert (tmp_path / "loss_traces.png").is_file()
 
 
