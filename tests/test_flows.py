@@ -252,8 +252,19 @@ def exact_gradients(linear_flow):
     )(arrays)
 
 
-def _reverse_estimates(arrays, static, biased):
-    def loss(arrays, key):
+def _estimates(loss, arrays, key):
+    """[M, ...] gradients of ``loss(arrays, key, biased)`` for the estimator and for its negative
+    control, from the same keys, in one compiled call."""
+    keys = jr.split(key, M)
+    grads = lambda k: {biased: jax.grad(loss)(arrays, k, biased) for biased in (False, True)}
+    return jax.jit(jax.vmap(grads))(keys)
+
+
+@pytest.fixture(scope="module")
+def reverse_estimates(linear_flow):
+    arrays, static = linear_flow
+
+    def loss(arrays, key, biased):
         flow = eqx.combine(arrays, static)
         if biased:
             # Negative control: the whole log q stopped loses the entropy's path term.
@@ -261,19 +272,20 @@ def _reverse_estimates(arrays, static, biased):
             return stop(flow.log_prob(x)) - _gaussian_log_p(x)
         return reverse_kl_path_loss(flow, key, _gaussian_log_p, 1)
 
-    keys = jr.split(jr.key(11), M)
-    return jax.jit(jax.vmap(lambda k: jax.grad(loss)(arrays, k)))(keys)
+    return _estimates(loss, arrays, jr.key(11))
 
 
 @pytest.mark.parametrize("biased", [False, True])
-def test_reverse_kl_path_gradient_unbiased(linear_flow, exact_gradients, biased):
-    arrays, static = linear_flow
-    z = max_abs_z(_reverse_estimates(arrays, static, biased), exact_gradients["reverse"])
+def test_reverse_kl_path_gradient_unbiased(reverse_estimates, exact_gradients, biased):
+    z = max_abs_z(reverse_estimates[biased], exact_gradients["reverse"])
     assert (z > THRESHOLD) if biased else (z < THRESHOLD), z
 
 
-def _forward_estimates(arrays, static, biased):
-    def loss(arrays, key):
+@pytest.fixture(scope="module")
+def forward_estimates(linear_flow):
+    arrays, static = linear_flow
+
+    def loss(arrays, key, biased):
         flow = eqx.combine(arrays, static)
         x = dist.MultivariateNormal(TARGET_MEAN, TARGET_COV).sample(key, (1,))
         if biased:
@@ -281,14 +293,12 @@ def _forward_estimates(arrays, static, biased):
             return forward_kl_path_loss(flow, x, target_score=jnp.zeros_like(x))
         return forward_kl_path_loss(flow, x, log_target=_gaussian_log_p)
 
-    keys = jax.random.split(jax.random.PRNGKey(12), M)
-    return jax.jit(jax.vmap(lambda k: jax.grad(loss)(arrays, k)))(keys)
+    return _estimates(loss, arrays, jax.random.PRNGKey(12))
 
 
 @pytest.mark.parametrize("biased", [False, True])
-def test_forward_kl_path_gradient_unbiased(linear_flow, exact_gradients, biased):
-    arrays, static = linear_flow
-    z = max_abs_z(_forward_estimates(arrays, static, biased), exact_gradients["forward"])
+def test_forward_kl_path_gradient_unbiased(forward_estimates, exact_gradients, biased):
+    z = max_abs_z(forward_estimates[biased], exact_gradients["forward"])
     assert (z > THRESHOLD) if biased else (z < THRESHOLD), z
 
 
