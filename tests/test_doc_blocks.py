@@ -2,7 +2,8 @@
 
 Blocks of one page run in order in one namespace (a page's later blocks may use its earlier ones),
 after the imports every page assumes. Long runs are shortened by capping the number of steps,
-samples and estimates that vigrad's entry points are asked for; nothing else is changed.
+samples and estimates that vigrad's entry points are asked for; nothing else is changed. A page in
+``OWN_TEST`` runs in the test named there instead, which also checks what the page claims.
 """
 
 import pathlib
