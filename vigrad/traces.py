@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import jax
 from numpyro.distributions import Delta
 from numpyro.handlers import replay, seed, substitute, trace
+from numpyro.infer.autoguide import AutoGuideList
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,10 +87,16 @@ class ModelGuide(NamedTuple):
 
 
 def ensure_prototype(guide: Callable, args: tuple, kwargs: dict) -> None:
-    """Run an autoguide once (eagerly, seeded) if it has not built its prototype yet: it needs
-    concrete values for that, so it cannot be traced abstractly before."""
+    """Build an autoguide's prototype (eagerly, seeded) if it has not built it yet: it needs
+    concrete values for that, so it cannot be traced abstractly before.
+
+    Only the prototype is built (NumPyro's ``_setup_prototype``, which the guide's first call
+    runs): the rest of a first call, run eagerly, would compile each of its operations on its own.
+    An ``AutoGuideList`` checks its parts on its first call, so it makes the whole call.
+    """
     if getattr(guide, "prototype_trace", False) is None:
-        seed(guide, 0)(*args, **kwargs)
+        whole_call = isinstance(guide, AutoGuideList)
+        seed(guide if whole_call else getattr(guide, "_setup_prototype", guide), 0)(*args, **kwargs)
 
 
 def _program(fn: Callable, params: Mapping | None, rng_key: Any, data: Mapping | None) -> Callable:

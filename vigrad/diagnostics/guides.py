@@ -13,10 +13,12 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
 
+import jax
 from numpyro.distributions import Delta
 from numpyro.infer import autoguide
 from numpyro.primitives import Messenger
@@ -51,20 +53,26 @@ def is_point_mass(guide: Callable, params: dict, args: tuple, kwargs: dict) -> b
     return bool(sites) and not auxiliary and all(isinstance(s["fn"], Delta) for s in sites)
 
 
+def _mode_and_cholesky(guide: autoguide.AutoLaplaceApproximation, params: dict) -> tuple:
+    transform = guide.get_transform(params)
+    return transform.loc, transform.scale_tril
+
+
 def laplace_guide(
     guide: autoguide.AutoLaplaceApproximation, params: dict
 ) -> tuple[autoguide.AutoMultivariateNormal, dict]:
     """The Laplace posterior N(θ̂, H⁻¹) of a fitted ``AutoLaplaceApproximation`` as an
     ``AutoMultivariateNormal`` and its parameters (``guide`` must have run once, e.g. through
     :func:`vigrad.diagnostics.gradients.ensure_prototype`)."""
-    transform = guide.get_transform(params)
+    # Compiled: run op by op, the Hessian's many small operations would each compile on their own.
+    loc, scale_tril = jax.jit(functools.partial(_mode_and_cholesky, guide))(params)
     # The same model and init give the same prototype trace, hence the same latent layout.
     gaussian = autoguide.AutoMultivariateNormal(
         guide.model, prefix=guide.prefix, init_loc_fn=guide.init_loc_fn
     )
     new_params = {k: v for k, v in params.items() if not k.startswith(f"{guide.prefix}_")}
-    new_params[f"{guide.prefix}_loc"] = transform.loc
-    new_params[f"{guide.prefix}_scale_tril"] = transform.scale_tril
+    new_params[f"{guide.prefix}_loc"] = loc
+    new_params[f"{guide.prefix}_scale_tril"] = scale_tril
     return gaussian, new_params
 
 

@@ -39,7 +39,7 @@ from vigrad.infer.static import join_static, split_static
 from vigrad.infer.stream import Minibatches, as_stream
 from vigrad.objectives.base import Objective
 from vigrad.reprs import fields_repr
-from vigrad.traces import trace_model_and_guide, trace_program
+from vigrad.traces import ensure_prototype, trace_model_and_guide, trace_program
 
 
 class NonFiniteLossWarning(RuntimeWarning):
@@ -99,22 +99,22 @@ def init_params(
     the model is run on the first (as NumPyro's ``SVI.init`` does for such guides).
 
     The guide and model are traced under ``jax.jit``: run eagerly, every operation of a first call
-    is compiled on its own, which costs more than compiling them together. An autoguide's first
-    call builds its prototype from concrete values, so that one call runs eagerly.
+    is compiled on its own, which costs more than compiling them together. An autoguide builds
+    its prototype from concrete values first (:func:`vigrad.traces.ensure_prototype`).
     """
     dynamic, static_key = split_static(args, kwargs)
-    init, compiled_init, cons = cached(
+    compiled_init, cons = cached(
         ("vigrad.fit.init", model, guide, static_key, multi_sample),
         lambda: _initialiser(model, guide, static_key, multi_sample),
     )
-    builds_prototype = getattr(guide, "prototype_trace", False) is None
-    params = (init if builds_prototype else compiled_init)(rng_key, dynamic)
+    ensure_prototype(guide, args, kwargs)
+    params = compiled_init(rng_key, dynamic)
     return params, dict(cons)
 
 
 def _initialiser(model: Callable, guide: Callable, static_key: tuple, multi_sample: bool) -> tuple:
-    """The function computing initial params, eagerly and compiled (cached by the caller, so that
-    a second fit reuses its compilation), and the constraints it records each time it is traced."""
+    """The compiled function computing initial params (cached by the caller, so that a second fit
+    reuses its compilation), and the constraints it records each time it is traced."""
     cons = {}
 
     def init(key, dynamic):
@@ -136,7 +136,7 @@ def _initialiser(model: Callable, guide: Callable, static_key: tuple, multi_samp
         # Strong dtypes, so the scan carry keeps one type across steps.
         return jax.tree.map(lambda x: jax.lax.convert_element_type(x, jnp.result_type(x)), params)
 
-    return init, jax.jit(init), cons
+    return jax.jit(init), cons
 
 
 class _Same:
