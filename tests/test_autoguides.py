@@ -47,9 +47,14 @@ def _guide_list():
 
 
 def _median(make_guide, loss, steps=1500):
-    """The fitted guide's posterior mean of each latent (from 4000 draws)."""
+    """The fitted guide's posterior mean of each latent (from 4000 draws).
+
+    The step size decays twentyfold over the run: at a constant step the last iterate wanders
+    by about 0.1 in mu between seeds (for the guide list), under NumPyro's ELBO as under vigrad's.
+    """
     guide = make_guide()
-    svi = numpyro.infer.SVI(model, guide, optax.adam(0.02), loss)
+    schedule = optax.exponential_decay(0.02, steps, 0.05)
+    svi = numpyro.infer.SVI(model, guide, optax.adam(schedule), loss)
     result = svi.run(jax.random.key(0), steps, X, progress_bar=False)
     draws = guide.sample_posterior(jax.random.key(1), result.params, sample_shape=(4000,))
     return {site: jnp.mean(draws[site]) for site in ("mu", "sigma")}, guide
