@@ -120,28 +120,34 @@ class Target:
         return target
 
     def _check_subsampled(self, args: tuple, kwargs: dict) -> None:
+        """Raise DataError unless a minibatch of two points gives observed sites of two points.
+
+        Traced abstractly (shapes only): run eagerly, each of the model's operations would compile
+        on its own.
+        """
         n = min(2, self.num_data)
         if n == self.num_data:
             return
-        idx = jnp.arange(n)
-        u = self.zeros()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            try:
-                sites = self._trace(u, idx, args, kwargs)
-                for site in sites.observed.values():
-                    site["fn"].log_prob(site["value"])
-            except (ValueError, TypeError) as err:
-                raise DataError(self._not_indexed(f"({err})")) from None
-        frame = {f.name: f for s in sites.trace.values() for f in s.get("cond_indep_stack", [])}
-        dim = frame[self.plate].dim
-        for site in sites.observed.values():
-            if self.plate in _plates_of(site):
-                shape = jnp.shape(site["value"])
-                event = len(site["fn"].event_shape)
-                axis = dim - event
-                if len(shape) >= -axis and shape[axis] != n:
-                    raise DataError(self._not_indexed(f"site '{site['name']}'"))
+
+        def check(u: Position) -> None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                try:
+                    sites = self._trace(u, jnp.arange(n), args, kwargs)
+                    for site in sites.observed.values():
+                        site["fn"].log_prob(site["value"])
+                except (ValueError, TypeError) as err:
+                    raise DataError(self._not_indexed(f"({err})")) from None
+            stack = (f for s in sites.trace.values() for f in s.get("cond_indep_stack", []))
+            dim = {f.name: f.dim for f in stack}[self.plate]
+            for site in sites.observed.values():
+                if self.plate in _plates_of(site):
+                    shape = jnp.shape(site["value"])
+                    axis = dim - len(site["fn"].event_shape)
+                    if len(shape) >= -axis and shape[axis] != n:
+                        raise DataError(self._not_indexed(f"site '{site['name']}'"))
+
+        jax.eval_shape(check, self.zeros())
 
     def _not_indexed(self, what: str) -> str:
         return (
