@@ -173,8 +173,13 @@ FOUR_DEVICES = COMMON + textwrap.dedent(
 )
 
 
+def _with_devices(n):
+    """The suite's XLA flags (see conftest.py) with ``n`` host CPU devices."""
+    return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
+
+
 def run_script(script, *argv, env=None, timeout=600):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", **(env or {})}
+    env = {**os.environ, "XLA_FLAGS": _with_devices(4), **(env or {})}
     return subprocess.run(
         [sys.executable, "-c", script, *map(str, argv)],
         capture_output=True,
@@ -308,7 +313,7 @@ def test_two_processes_with_jax_distributed(tmp_path):
     SG-MCMC chains split over all four; both see the single-device losses and draws, and process 0
     alone writes the checkpoint."""
     port, path = free_port(), tmp_path / "ckpt.npz"
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {"XLA_FLAGS": _with_devices(2)}
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", DISTRIBUTED, str(port), str(i), str(path)],
