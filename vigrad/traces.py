@@ -86,17 +86,19 @@ class ModelGuide(NamedTuple):
     model: Sites
 
 
-def ensure_prototype(guide: Callable, args: tuple, kwargs: dict) -> None:
-    """Build an autoguide's prototype (eagerly, seeded) if it has not built it yet: it needs
-    concrete values for that, so it cannot be traced abstractly before.
+def ensure_prototype(guide: Callable, args: tuple, kwargs: dict, rng_key: Any = 0) -> None:
+    """Build an autoguide's prototype (eagerly, seeded with ``rng_key``) if it has not built it
+    yet: it needs concrete values for that, so it cannot be traced abstractly before.
 
     Only the prototype is built (NumPyro's ``_setup_prototype``, which the guide's first call
-    runs): the rest of a first call, run eagerly, would compile each of its operations on its own.
-    An ``AutoGuideList`` checks its parts on its first call, so it makes the whole call.
+    runs, drawing its initial values with the seed's first key, as here): the rest of a first
+    call, run eagerly, would compile each of its operations on its own. An ``AutoGuideList``
+    checks its parts on its first call, so it makes the whole call.
     """
     if getattr(guide, "prototype_trace", False) is None:
         whole_call = isinstance(guide, AutoGuideList)
-        seed(guide if whole_call else getattr(guide, "_setup_prototype", guide), 0)(*args, **kwargs)
+        setup = guide if whole_call else getattr(guide, "_setup_prototype", guide)
+        seed(setup, rng_key)(*args, **kwargs)
 
 
 def _program(fn: Callable, params: Mapping | None, rng_key: Any, data: Mapping | None) -> Callable:

@@ -107,7 +107,8 @@ def init_params(
         ("vigrad.fit.init", model, guide, static_key, multi_sample),
         lambda: _initialiser(model, guide, static_key, multi_sample),
     )
-    ensure_prototype(guide, args, kwargs)
+    # Seeded as the initialiser is: an autoguide's initial values come from the fit's key.
+    ensure_prototype(guide, args, kwargs, rng_key)
     params = compiled_init(rng_key, dynamic)
     return params, dict(cons)
 
