@@ -438,22 +438,3 @@ def test_fsgld_approximations_must_match_shards_and_latents(data):
     kernel = sg.FSGLD(1e-4, shards=4, approximations=wrong)
     with pytest.raises(DataError, match=r"means of shape \(4, 2\)"):
         sg.sample(gaussian_mean, kernel, 10, 5, 1, jax.random.PRNGKey(0), data, progress_bar=False)
-
-
-@pytest.mark.parametrize("bits", [8, 16, 32, 64])
-def test_unrolled_threefry_draws_the_same_bits_as_jax(bits):
-    key = jax.random.PRNGKey(14)
-    fast = sg.random.unrolled(key)
-    dtype = np.dtype(f"uint{bits}")
-
-    # Every shape in one compiled function per key type, rather than an eager compile per draw.
-    @jax.jit
-    def draws(k):
-        return [jax.random.bits(k, shape, dtype) for shape in [(), (7,), (3, 5)]]
-
-    for a, b in zip(draws(fast), draws(key), strict=True):
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(jax.random.normal(fast, (9,)), jax.random.normal(key, (9,)))
-    typed = jax.random.key(14)
-    assert jax.random.key_impl(sg.random.unrolled(typed)) == jax.random.key_impl(fast)
-    assert sg.random.unrolled(jax.random.key(0, impl="rbg")).shape == ()

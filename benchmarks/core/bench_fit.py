@@ -335,7 +335,7 @@ def _chunk_args(carry: tuple, base_key, dynamic, steps: int) -> tuple:
 
 def build_vigrad_chunk(prob: dict, data: tuple, steps: int):
     chunk, inputs = vigrad_chunk_inputs(prob, data, steps)
-    return lambda: jax.block_until_ready(chunk(*inputs))[1].loss
+    return lambda: jax.block_until_ready(chunk(*inputs))[1]
 
 
 CONTENDERS = {

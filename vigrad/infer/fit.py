@@ -38,6 +38,7 @@ from vigrad.infer.sharding import (
 from vigrad.infer.static import join_static, split_static
 from vigrad.infer.stream import Minibatches, as_stream
 from vigrad.objectives.base import Objective
+from vigrad.random import unrolled_key_derivation
 from vigrad.reprs import fields_repr
 from vigrad.traces import ensure_prototype, trace_model_and_guide, trace_program
 
@@ -184,7 +185,9 @@ def _fit_step(
         args, kwargs = join_static(dynamic, static_key)
         if x is not None:
             kwargs = {**kwargs, **x}
-        key = jax.random.fold_in(base_key, t)
+        # The same keys and draws as JAX's own Threefry, with the many small key derivations of a
+        # step (particles, guide and model, one per site) unrolled into fused kernels.
+        key = jax.random.fold_in(unrolled_key_derivation(base_key), t)
 
         def loss_fn(pu):
             params = _constrain(pu, cons)
@@ -198,7 +201,7 @@ def _fit_step(
         new_params = optax.apply_updates(params_u, updates)
         return (new_params, new_opt_state, new_obj_state), _Out(loss, finite)
 
-    return Step(step, lambda carry, out: out.finite)
+    return Step(step, lambda carry, out: out.finite, kept=lambda out: out.loss)
 
 
 def fit(
@@ -304,8 +307,8 @@ def fit(
             run_info,
             pack=_pack,
             unpack=_unpack,
-            to_history=lambda out: {"losses": out.loss},
-            from_history=lambda h: _Out(h["losses"], np.ones(h["losses"].shape, bool)),
+            to_history=lambda losses: {"losses": losses},
+            from_history=lambda h: h["losses"],
             resume=resume,
         )
     elif resume not in (False, True, "extend"):
@@ -330,7 +333,7 @@ def fit(
             chunk_size,
             feed=feed,
             progress_bar=progress_bar,
-            summary=lambda out: {"loss": float(np.mean(out.loss))},
+            summary=lambda losses: {"loss": float(np.mean(losses))},
             checkpointing=checkpointing,
         )
 
@@ -344,7 +347,7 @@ def fit(
             "smaller learning rate, more particles, or check the model for invalid values."
         )
         warnings.warn(message, NonFiniteLossWarning, stacklevel=2)
-    all_losses = np.zeros((0,)) if result.outputs is None else result.outputs.loss
+    all_losses = np.zeros((0,)) if result.outputs is None else result.outputs
     return FitResult(
         params=_setup(params_u, cons_key, optimizer)[0],
         unconstrained_params=params_u,

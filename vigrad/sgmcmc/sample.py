@@ -31,10 +31,10 @@ from vigrad.infer.describe import array_summary, describe
 from vigrad.infer.driver import Checkpointing, Step, default_chunk_size, run_chunks
 from vigrad.infer.sharding import place
 from vigrad.infer.static import split_static
+from vigrad.random import unrolled
 from vigrad.sgmcmc.convergence import RHAT_MAX, ConvergenceWarning, check_convergence
 from vigrad.sgmcmc.kernel import Kernel
 from vigrad.sgmcmc.minibatch import Problem, Target
-from vigrad.sgmcmc.random import unrolled
 from vigrad.sgmcmc.results import DivergentChainError, SGMCMCResult
 
 
@@ -123,7 +123,7 @@ def sample_step(kernel: Kernel) -> Step:
         # Step t of chain c uses split(fold_in(chain_key[c], t)). The chunk's keys are derived in
         # one vectorised call before the loop: a small hash per step inside the loop costs about
         # as much as the rest of an SGLD step on CPU. The draws inside the loop use the same bits
-        # through unrolled Threefry rounds, which XLA fuses (see vigrad.sgmcmc.random).
+        # through unrolled Threefry rounds, which XLA fuses (see vigrad.random).
         chain_keys = consts[1]
         ts = start + jnp.arange(size, dtype=jnp.int32)
         return unrolled(

@@ -24,9 +24,9 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from vigrad.infer.static import split_static
+from vigrad.random import unrolled
 from vigrad.sgmcmc.kernel import Kernel
 from vigrad.sgmcmc.minibatch import Problem, Target, minibatch_indices
-from vigrad.sgmcmc.random import unrolled
 from vigrad.sgmcmc.sample import _initial_positions, transitions
 from vigrad.sgmcmc.stein import imq_ksd
 
