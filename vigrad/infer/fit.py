@@ -185,8 +185,9 @@ def _fit_step(
         args, kwargs = join_static(dynamic, static_key)
         if x is not None:
             kwargs = {**kwargs, **x}
-        # The same keys and draws as JAX's own Threefry, with the many small key derivations of a
-        # step (particles, guide and model, one per site) unrolled into fused kernels.
+        # JAX's own keys and draws, with the fixed chain of key derivations in a step (the step,
+        # the particle block, the particles, guide and model) in unrolled Threefry rounds, which
+        # XLA fuses; NumPyro's seed handler gets JAX's keys back (see vigrad.random).
         key = jax.random.fold_in(unrolled_key_derivation(base_key), t)
 
         def loss_fn(pu):
