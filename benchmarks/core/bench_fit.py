@@ -86,6 +86,7 @@ from jax.scipy.stats import norm  # noqa: E402
 from numpyro.infer import SVI, Trace_ELBO  # noqa: E402
 
 import vigrad  # noqa: E402
+from vigrad.random import jax_threefry, unrolled_key_derivation  # noqa: E402
 
 LR = 1e-2
 SEED = 0
@@ -509,24 +510,29 @@ def _hlo_body_stats(hlo_text: str) -> tuple[int, int]:
     return max(outer)  # the scan over steps contains all the others
 
 
-def build_variant(prob: dict, data: tuple, steps: int, keys: str, vmap1: bool, guard: str):
+def build_variant(prob: dict, data: tuple, steps: int, keys: str, guard: str):
     """The hand-written loop plus, one at a time, what ``vigrad.fit``'s step adds.
 
     keys="vigrad": the PRNG calls of vigrad's step (fold_in, split into particles, split into
     guide/model keys, one seed split per guide site) instead of fold_in + one split;
+    keys="vigrad-unrolled": the same calls, with the fold_in and the two splits before NumPyro's
+    ``seed`` in unrolled Threefry rounds (``vigrad.random``), as ``vigrad.fit`` makes them;
     keys="seed": only what NumPyro's ``seed`` handler needs (fold_in, one split per guide site);
-    vmap1: the loss evaluated under ``vmap`` over a particle axis of size 1;
     guard="where": the NaN/inf check of the loss and every gradient and the ``where`` that keeps
-    the last finite carry, as vigrad does; guard="detect": the same check recording only the first
-    bad step (no ``where`` on the carry; the last finite state would be recovered by re-running the
-    chunk up to that step, which is deterministic because step ``t`` uses ``fold_in(key, t)``).
+    the last finite carry; guard="detect": the same check recording only the first bad step (no
+    ``where`` on the carry; the last finite state is recovered by re-running the chunk up to that
+    step, which is deterministic because step ``t`` uses ``fold_in(key, t)``), as vigrad does;
+    guard="detect+store": the same, with the check also kept as a per-step output, as vigrad's
+    driver did before: XLA then recomputes the check's whole scalar chain for each reader.
     """
     loss_keys, n = prob["loss_keys"], prob["num_sites"]
 
     def site_keys(key):
         if keys == "plain":
             return jax.random.split(key, n)
-        kg = jax.random.split(key)[0] if keys == "vigrad" else key
+        kg = jax.random.split(key)[0] if keys.startswith("vigrad") else key
+        if keys == "vigrad-unrolled":
+            kg = jax_threefry(kg)
         out = []
         for _ in range(n):
             kg, sub = jax.random.split(kg)
@@ -534,16 +540,15 @@ def build_variant(prob: dict, data: tuple, steps: int, keys: str, vmap1: bool, g
         return out
 
     def loss(p, key, *data):
-        ks = jax.random.split(key, 1) if keys == "vigrad" else key[None]
-        if vmap1:
-            return jnp.mean(jax.vmap(lambda k: loss_keys(p, site_keys(k), *data))(ks))
+        ks = jax.random.split(key, 1) if keys.startswith("vigrad") else key[None]
         return loss_keys(p, site_keys(ks[0]), *data)
 
     @jax.jit
     def train(params, key, *data):
         def step(carry, t):
             params, opt_state, bad = carry
-            value, grads = jax.value_and_grad(loss)(params, jax.random.fold_in(key, t), *data)
+            base = unrolled_key_derivation(key) if keys == "vigrad-unrolled" else key
+            value, grads = jax.value_and_grad(loss)(params, jax.random.fold_in(base, t), *data)
             updates, new_opt = OPTIMIZER.update(grads, opt_state, params)
             new_params = optax.apply_updates(params, updates)
             if guard == "none":
@@ -554,6 +559,8 @@ def build_variant(prob: dict, data: tuple, steps: int, keys: str, vmap1: bool, g
             new_bad = jnp.where(~finite & (bad < 0), t, bad)
             if guard == "detect":
                 return (new_params, new_opt, new_bad), value
+            if guard == "detect+store":
+                return (new_params, new_opt, new_bad), (value, finite)
             ok = finite & (bad < 0)
             keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
             return (keep(new_params, params), keep(new_opt, opt_state), new_bad), value
@@ -566,14 +573,15 @@ def build_variant(prob: dict, data: tuple, steps: int, keys: str, vmap1: bool, g
 
 
 VARIANTS = {
-    "hand-written JAX": ("plain", False, "none"),
-    "+ vigrad's PRNG calls": ("vigrad", False, "none"),
-    "+ vmap over 1 particle": ("plain", True, "none"),
-    "+ NaN guard (check + where on the carry)": ("plain", False, "where"),
-    "+ NaN guard, detect only (no where)": ("plain", False, "detect"),
-    "+ PRNG + vmap + guard (= vigrad's step)": ("vigrad", True, "where"),
-    "+ PRNG + vmap + detect-only guard": ("vigrad", True, "detect"),
-    "proposed step: seed-only PRNG, no vmap for K=1, detect-only guard": ("seed", False, "detect"),
+    "hand-written JAX": ("plain", "none"),
+    "+ vigrad's PRNG calls (JAX's rolled Threefry)": ("vigrad", "none"),
+    "+ vigrad's PRNG calls, derivations before seed unrolled": ("vigrad-unrolled", "none"),
+    "+ NaN guard (check + where on the carry)": ("plain", "where"),
+    "+ NaN guard, detect only (no where)": ("plain", "detect"),
+    "+ NaN guard, detect only, check also stored per step": ("plain", "detect+store"),
+    "+ unrolled derivations + detect-only guard (= vigrad's step)": ("vigrad-unrolled", "detect"),
+    "+ rolled PRNG + detect-only guard": ("vigrad", "detect"),
+    "seed-only PRNG (no vigrad derivations) + detect-only guard": ("seed", "detect"),
 }
 
 
