@@ -29,6 +29,7 @@ from collections.abc import Callable, Collection, Hashable
 from typing import Any, NamedTuple
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
@@ -157,7 +158,16 @@ def _jit_chunk(fns: Step) -> Callable:
     def chunk(carry, consts, feed, start, n, size, thinning):
         xs = feed if inputs is None else inputs(consts, start, size, feed)
         first_x = None if xs is None else jax.tree.map(lambda a: a[0], xs)
-        shapes = jax.eval_shape(step, carry, start, consts, first_x)
+        # The step is traced once, here: its jaxpr gives the output buffers' shapes and is what
+        # the loop body evaluates (tracing a model, guide and objective costs a first run more
+        # than lowering the result).
+        traced, shapes = jax.make_jaxpr(step, return_shape=True)(carry, start, consts, first_x)
+        traced_step = jax.extend.core.jaxpr_as_fun(traced)
+
+        def run_step(*step_args):
+            flat = traced_step(*jax.tree.leaves(step_args))
+            return jax.tree.unflatten(jax.tree.structure(shapes), flat)
+
         slots = -(-size // thinning)
         buffer = jax.tree.map(
             lambda o: jnp.zeros((slots, *o.shape), o.dtype), jax.eval_shape(kept, shapes[1])
@@ -171,7 +181,7 @@ def _jit_chunk(fns: Step) -> Callable:
             carry, buffer, bad, mask = loop
             t = start + j
             x = None if xs is None else jax.tree.map(lambda a: a[j], xs)
-            carry, out = step(carry, t, consts, x)
+            carry, out = run_step(carry, t, consts, x)
             # The slot j // thinning is overwritten until the last step of its group.
             buffer = jax.tree.map(
                 lambda b, o: jax.lax.dynamic_update_index_in_dim(b, o, j // thinning, 0),
