@@ -86,7 +86,7 @@ from jax.scipy.stats import norm  # noqa: E402
 from numpyro.infer import SVI, Trace_ELBO  # noqa: E402
 
 import vigrad  # noqa: E402
-from vigrad.random import jax_threefry, unrolled_key_derivation  # noqa: E402
+from vigrad.random import unrolled_key_derivation  # noqa: E402
 
 LR = 1e-2
 SEED = 0
@@ -515,8 +515,8 @@ def build_variant(prob: dict, data: tuple, steps: int, keys: str, guard: str):
 
     keys="vigrad": the PRNG calls of vigrad's step (fold_in, split into particles, split into
     guide/model keys, one seed split per guide site) instead of fold_in + one split;
-    keys="vigrad-unrolled": the same calls, with the fold_in and the two splits before NumPyro's
-    ``seed`` in unrolled Threefry rounds (``vigrad.random``), as ``vigrad.fit`` makes them;
+    keys="vigrad-unrolled": the same calls in unrolled Threefry rounds with JAX's keys
+    (``vigrad.random.UNROLLED_KEY_DERIVATION``), as ``vigrad.fit`` makes them;
     keys="seed": only what NumPyro's ``seed`` handler needs (fold_in, one split per guide site);
     guard="where": the NaN/inf check of the loss and every gradient and the ``where`` that keeps
     the last finite carry; guard="detect": the same check recording only the first bad step (no
@@ -531,8 +531,6 @@ def build_variant(prob: dict, data: tuple, steps: int, keys: str, guard: str):
         if keys == "plain":
             return jax.random.split(key, n)
         kg = jax.random.split(key)[0] if keys.startswith("vigrad") else key
-        if keys == "vigrad-unrolled":
-            kg = jax_threefry(kg)
         out = []
         for _ in range(n):
             kg, sub = jax.random.split(kg)
@@ -575,7 +573,7 @@ def build_variant(prob: dict, data: tuple, steps: int, keys: str, guard: str):
 VARIANTS = {
     "hand-written JAX": ("plain", "none"),
     "+ vigrad's PRNG calls (JAX's rolled Threefry)": ("vigrad", "none"),
-    "+ vigrad's PRNG calls, derivations before seed unrolled": ("vigrad-unrolled", "none"),
+    "+ vigrad's PRNG calls, key derivations unrolled": ("vigrad-unrolled", "none"),
     "+ NaN guard (check + where on the carry)": ("plain", "where"),
     "+ NaN guard, detect only (no where)": ("plain", "detect"),
     "+ NaN guard, detect only, check also stored per step": ("plain", "detect+store"),

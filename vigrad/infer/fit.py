@@ -185,9 +185,9 @@ def _fit_step(
         args, kwargs = join_static(dynamic, static_key)
         if x is not None:
             kwargs = {**kwargs, **x}
-        # JAX's own keys and draws, with the fixed chain of key derivations in a step (the step,
-        # the particle block, the particles, guide and model) in unrolled Threefry rounds, which
-        # XLA fuses; NumPyro's seed handler gets JAX's keys back (see vigrad.random).
+        # JAX's own keys and draws, with the step's chain of key derivations (the step, the
+        # particle block, the particles, guide and model, one per site in NumPyro's seed) in
+        # unrolled Threefry rounds, which XLA fuses (see vigrad.random).
         key = jax.random.fold_in(unrolled_key_derivation(base_key), t)
 
         def loss_fn(pu):

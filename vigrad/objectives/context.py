@@ -47,7 +47,6 @@ from vigrad.objectives.particles import (
     _scaled,
     standard_particle,
 )
-from vigrad.random import jax_threefry
 
 stop = jax.lax.stop_gradient
 
@@ -249,7 +248,7 @@ class ProgramContext:
 
     def key(self) -> jax.Array:
         """A fresh PRNG key for the program's own randomness (independent of every draw)."""
-        return jax_threefry(self._next("key")[1])
+        return self._next("key")[1]
 
     def _probe(self, pid: str) -> jax.Array:
         """Zero, or the analysis input that measures how the objective depends on a log density."""
@@ -445,8 +444,7 @@ class ProgramContext:
         program, args, kwargs = self._program_args(program, args, kwargs)
         draw_id, key = self._next("sample")
         sampler = _SampleWithEstimators(
-            seed(substitute(program, data=self._run.params), jax_threefry(key)),
-            self._run.assignment,
+            seed(substitute(program, data=self._run.params), key), self._run.assignment
         )
         tr = trace(sampler).get_trace(*args, **kwargs)
         if sampler.enumerated or sampler.measure_valued:
@@ -510,7 +508,7 @@ class ProgramContext:
 
         run = self._run
         program_fn = substitute(
-            seed(substitute(program, data=run.params), jax_threefry(key)), substitute_fn=value_of
+            seed(substitute(program, data=run.params), key), substitute_fn=value_of
         )
         tr = trace(program_fn).get_trace(*args, **kwargs)
         if missing:

@@ -37,7 +37,6 @@ from vigrad.objectives.particles import (
     _SampleWithEstimators,
     _scaled,
 )
-from vigrad.random import jax_threefry
 from vigrad.traces import Sites, values
 
 
@@ -54,7 +53,7 @@ def multi_sample_particle(
 
     ``rng_key`` holds two keys, for the guide and the model.
     """
-    key_guide, key_model = jax_threefry(rng_key)
+    key_guide, key_model = rng_key
     sampler = _SampleWithEstimators(seed(substitute(guide, data=params), key_guide), assignment)
     guide_tr = trace(sampler).get_trace(*args, **kwargs)
     refused = sorted({**sampler.enumerated, **sampler.measure_valued})

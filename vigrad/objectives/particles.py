@@ -30,7 +30,6 @@ from vigrad.estimators.assignment import Assignment
 from vigrad.estimators.base import Estimator
 from vigrad.estimators.enum import branch_value, num_branches
 from vigrad.estimators.log_prob import log_prob
-from vigrad.random import jax_threefry
 from vigrad.traces import Sites, trace_program, values
 
 
@@ -356,7 +355,7 @@ def trace_particle(
     guide and prior distributions have a closed-form KL divergence contributes ``-KL(q || p)``
     instead of ``log p(z) - log q(z)`` at its draw (as NumPyro's ``TraceMeanField_ELBO``).
     """
-    key_guide, key_model = jax_threefry(rng_key)
+    key_guide, key_model = rng_key
     sampler = _SampleWithEstimators(
         seed(substitute(guide, data=params), key_guide), assignment, branch, mvd
     )
