@@ -159,8 +159,8 @@ def _jit_chunk(fns: Step) -> Callable:
         xs = feed if inputs is None else inputs(consts, start, size, feed)
         first_x = None if xs is None else jax.tree.map(lambda a: a[0], xs)
         # The step is traced once, here: its jaxpr gives the output buffers' shapes and is what
-        # the loop body evaluates (tracing a model, guide and objective costs a first run more
-        # than lowering the result).
+        # the loop body evaluates (tracing a model, guide and objective is a large part of a
+        # first run).
         traced, shapes = jax.make_jaxpr(step, return_shape=True)(carry, start, consts, first_x)
         traced_step = jax.extend.core.jaxpr_as_fun(traced)
 
