@@ -68,19 +68,21 @@ def _random_bits(key: jax.Array, bit_width: int, shape: tuple[int, ...]) -> jax.
     return (bits1 ^ bits2).astype(dtype)
 
 
-def _split(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    # Key i of the split is the hash of the counter i, as in JAX's partitionable split. The
-    # barrier has XLA compute the keys once, however many fusions read them.
-    low = jax.lax.iota(np.uint32, math.prod(shape)).reshape(shape)
+def _derived_keys(key: jax.Array, low: jax.Array) -> jax.Array:
+    """The keys hashed from ``key`` at the counters ``(0, low)``, one per element of ``low``. The
+    barrier has XLA compute them once, however many fusions read them."""
     bits1, bits2 = threefry2x32(key[0], key[1], jnp.zeros_like(low), low)
     return jax.lax.optimization_barrier(jnp.stack([bits1, bits2], axis=-1))
 
 
+def _split(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    # Key i of the split is the hash of the counter i, as in JAX's partitionable split.
+    return _derived_keys(key, jax.lax.iota(np.uint32, math.prod(shape)).reshape(shape))
+
+
 def _fold_in(key: jax.Array, data: jax.Array) -> jax.Array:
     # JAX hashes the data (a uint32) as the counter (0, data).
-    data = jnp.asarray(data).astype(np.uint32)
-    bits1, bits2 = threefry2x32(key[0], key[1], jnp.zeros_like(data), data)
-    return jax.lax.optimization_barrier(jnp.stack([bits1, bits2], axis=-1))
+    return _derived_keys(key, jnp.asarray(data).astype(np.uint32))
 
 
 def _default(key: jax.Array) -> jax.Array:
