@@ -22,9 +22,10 @@ pass; its inverse is sequential (one conditioner pass per coordinate).
   one conditioner pass, one forward and two reverse passes of the scalar transformer (which also
   give the layer's output its gradient: it is returned as its first-order expansion, exact for
   the one derivative the path gradient takes), one reverse pass through the hidden layers for
-  all rows of ``U``, and ``O(d width)`` for the solve. (Blocked variants, with
-  the triangular blocks inverted in parallel, measured slower on CPU: their batched small matrix
-  products cost more than the loop steps they save.)
+  all rows of ``U``, and ``O(d width)`` for the solve. (Variants with fewer loop steps measured
+  slower on CPU: triangular blocks inverted in parallel, pairs of coordinates per step, and rows
+  of ``U`` formed inside the loop instead of before it; their batched small products and
+  reductions cost more than the loop steps they save.)
   ``grad_x log|det J| = grad log tau' + W_1^T (dh/da)^T W_out^T (d log tau' / d c)`` shares the
   same pass.
 

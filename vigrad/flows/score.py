@@ -20,7 +20,7 @@ depends on the layer (the rules below, chosen by type):
 * permutations and flips: the same permutation of the score;
 * masked autoregressive layers (:mod:`vigrad.flows.autoregressive`): in their sequential
   direction one vector-Jacobian product through the parallel pass at the output; in their
-  one-pass direction a blocked back substitution through the conditioner's first layer, without
+  one-pass direction a back substitution through the conditioner's first layer, without
   forming the ``d x d`` Jacobian;
 * triangular affine layers: the Jacobian (a parameter) and one linear solve;
 * any other bijection: the local inverse,
