@@ -22,10 +22,10 @@ pass; its inverse is sequential (one conditioner pass per coordinate).
   one conditioner pass, one forward and two reverse passes of the scalar transformer (which also
   give the layer's output its gradient: it is returned as its first-order expansion, exact for
   the one derivative the path gradient takes), one reverse pass through the hidden layers for
-  all rows of ``U``, and ``O(d width)`` for the solve. (Variants with fewer loop steps measured
-  slower on CPU: triangular blocks inverted in parallel, pairs of coordinates per step, and rows
-  of ``U`` formed inside the loop instead of before it; their batched small products and
-  reductions cost more than the loop steps they save.)
+  all rows of ``U``, and ``O(d width)`` for the solve. (Rewrites of the loop measured slower
+  within a training step on CPU, see ``benchmarks/flows/RESULTS.md``: triangular blocks inverted
+  in parallel, two coordinates per step, rows of ``U`` formed inside the loop, and ``J`` formed
+  by one matrix product with the loop carrying the partial sums of ``J^T w``.)
   ``grad_x log|det J| = grad log tau' + W_1^T (dh/da)^T W_out^T (d log tau' / d c)`` shares the
   same pass.
 
